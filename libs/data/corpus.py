@@ -1,0 +1,245 @@
+"""Speakers, recording conditions and synthesis of the embedded multi-accent corpus.
+
+Pure NumPy/SciPy on the host. `libs.data.synthetic_speech` wraps this in a TFDS builder.
+
+A speaker is an espeak-ng accent, a voice variant (which fixes the gender), a pitch, a
+pitch range and a speaking rate, plus a home location drawn around the accent's real
+region. Every utterance then gets its own recording condition: a channel (clean, a
+short synthetic room impulse response, or telephone band-limiting), additive noise of a
+random colour at a random SNR, and a gain. Everything derives from
+`np.random.default_rng((seed, speaker_id, ...))`, so generation is deterministic.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import numpy as np
+from scipy import signal
+
+from libs.data import grammar as grammar_lib
+
+SAMPLE_RATE = 16000
+
+
+@dataclasses.dataclass(frozen=True)
+class Accent:
+  """An English accent espeak-ng ships, with the region its speakers come from."""
+  name: str  # BCP-47-like tag stored in the data set, e.g. "en-GB-scotland".
+  voice: str  # espeak-ng voice name.
+  region: str
+  latitude: float
+  longitude: float
+  spread_deg: float  # std of home locations around the region centre, in degrees.
+  train_share: float  # share of training speakers; unequal on purpose.
+
+
+ACCENTS: tuple[Accent, ...] = (
+    Accent("en-US", "en-us", "US Midwest", 39.8, -89.6, 3.0, 0.32),
+    Accent("en-GB-x-rp", "en-gb-x-rp", "South East England", 51.5, -0.13, 0.6, 0.22),
+    Accent("en-US-nyc", "en-us-nyc", "New York City", 40.71, -74.0, 0.15, 0.14),
+    Accent("en-GB-scotland", "en-gb-scotland", "Scotland", 56.1, -3.9, 0.8, 0.12),
+    Accent("en-GB-x-gbclan", "en-gb-x-gbclan", "Lancashire", 53.8, -2.6, 0.3, 0.09),
+    Accent("en-GB-x-gbcwmd", "en-gb-x-gbcwmd", "West Midlands", 52.48, -1.9, 0.25, 0.07),
+    Accent("en-029", "en-029", "Caribbean", 18.1, -77.3, 0.5, 0.04),
+)
+ACCENT_NAMES = tuple(a.name for a in ACCENTS)
+
+# espeak-ng voice variants by gender.
+VARIANTS = {
+    "male": ("m1", "m2", "m3", "m4", "m5", "m6", "m7"),
+    "female": ("f1", "f2", "f3", "f4", "f5"),
+}
+CHANNELS = ("clean", "room", "telephone")
+_CHANNEL_PROBS = (0.6, 0.25, 0.15)
+NOISE_COLOURS = ("white", "pink", "brown")
+
+
+@dataclasses.dataclass(frozen=True)
+class Speaker:
+  speaker_id: int
+  split: str
+  accent: str
+  voice: str  # espeak voice with variant, e.g. "en-gb-scotland+f3".
+  gender: str
+  pitch: int
+  pitch_range: int
+  rate: int
+  latitude: float
+  longitude: float
+  region: str
+
+
+@dataclasses.dataclass(frozen=True)
+class CorpusSpec:
+  """What to generate; the TFDS builder configs are instances of this."""
+  grammar: str = "digits"
+  train_speakers: int = 40
+  dev_speakers_per_accent: int = 1
+  test_speakers_per_accent: int = 2
+  train_utterances_per_speaker: int = 60
+  eval_utterances_per_speaker: int = 30
+  snr_db: tuple[float, float] = (10.0, 35.0)
+  seed: int = 0
+
+  def __post_init__(self):
+    if self.grammar not in grammar_lib.GRAMMARS:
+      raise ValueError(f"grammar must be one of {sorted(grammar_lib.GRAMMARS)}, got {self.grammar!r}")
+    if self.train_speakers < 1:
+      raise ValueError(f"train_speakers must be >= 1, got {self.train_speakers}")
+    for name in ("dev_speakers_per_accent", "test_speakers_per_accent",
+                 "train_utterances_per_speaker", "eval_utterances_per_speaker"):
+      if getattr(self, name) < 1:
+        raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+    lo, hi = self.snr_db
+    if not lo <= hi:
+      raise ValueError(f"snr_db must be (low, high) with low <= high, got {self.snr_db}")
+
+
+def allocate(total: int, shares: Sequence[float]) -> list[int]:
+  """Splits `total` into integer parts proportional to `shares` (largest remainder).
+
+  Every part gets at least one when `total >= len(shares)`, so rare accents stay present.
+  """
+  shares = np.asarray(shares, np.float64) / np.sum(shares)
+  minimum = 1 if total >= len(shares) else 0
+  rest = total - minimum * len(shares)
+  raw = shares * rest
+  parts = np.floor(raw).astype(int)
+  order = np.argsort(-(raw - parts), kind="stable")
+  parts[order[: rest - parts.sum()]] += 1
+  return [int(p) + minimum for p in parts]
+
+
+def make_speakers(spec: CorpusSpec) -> dict[str, list[Speaker]]:
+  """All speakers of the corpus by split; ids are unique across splits."""
+  per_split = {
+      "train": allocate(spec.train_speakers, [a.train_share for a in ACCENTS]),
+      "dev": [spec.dev_speakers_per_accent] * len(ACCENTS),
+      "test": [spec.test_speakers_per_accent] * len(ACCENTS),
+  }
+  speakers: dict[str, list[Speaker]] = {}
+  next_id = 0
+  for split_index, (split, counts) in enumerate(per_split.items()):
+    speakers[split] = []
+    for accent_index, (accent, count) in enumerate(zip(ACCENTS, counts)):
+      for k in range(count):
+        rng = np.random.default_rng((spec.seed, 1, split_index, accent_index, k))
+        # Alternate genders within an accent so no accent is single-gender by chance.
+        gender = ("female", "male")[(k + accent_index + split_index) % 2]
+        variant = VARIANTS[gender][int(rng.integers(len(VARIANTS[gender])))]
+        pitch = int(rng.integers(30, 56) if gender == "male" else rng.integers(45, 76))
+        speakers[split].append(Speaker(
+            speaker_id=next_id,
+            split=split,
+            accent=accent.name,
+            voice=f"{accent.voice}+{variant}",
+            gender=gender,
+            pitch=pitch,
+            pitch_range=int(rng.integers(30, 71)),
+            rate=int(rng.integers(145, 196)),
+            latitude=float(accent.latitude + accent.spread_deg * rng.standard_normal()),
+            longitude=float(accent.longitude + accent.spread_deg * rng.standard_normal()),
+            region=accent.region,
+        ))
+        next_id += 1
+  return speakers
+
+
+def _coloured_noise(rng: np.random.Generator, n: int, colour: str) -> np.ndarray:
+  white = rng.standard_normal(n)
+  if colour == "white":
+    return white
+  # Shape the spectrum: 1/f power (pink) or 1/f^2 (brown).
+  spectrum = np.fft.rfft(white)
+  freqs = np.maximum(np.fft.rfftfreq(n, 1.0 / SAMPLE_RATE), 20.0)
+  spectrum /= np.sqrt(freqs) if colour == "pink" else freqs
+  return np.fft.irfft(spectrum, n)
+
+
+def _room_impulse(rng: np.random.Generator) -> tuple[np.ndarray, float]:
+  """A short synthetic room impulse: direct path plus exponentially decaying noise."""
+  rt60 = float(rng.uniform(0.15, 0.5))
+  n = int(rt60 * SAMPLE_RATE)
+  t = np.arange(n) / SAMPLE_RATE
+  tail = rng.standard_normal(n) * np.exp(-6.9 * t / rt60)  # -60 dB at rt60.
+  tail[: int(0.002 * SAMPLE_RATE)] = 0.0  # A little gap before the first reflections.
+  rir = 0.4 * tail / np.sqrt(np.sum(tail**2))
+  rir[0] = 1.0
+  return rir, rt60
+
+
+_TELEPHONE_SOS = signal.butter(4, (300.0, 3400.0), btype="bandpass", fs=SAMPLE_RATE, output="sos")
+
+
+def record(
+    rng: np.random.Generator, speech: np.ndarray, source_rate: int, snr_range: tuple[float, float]
+) -> tuple[np.ndarray, dict]:
+  """Resamples clean synthetic speech to 16 kHz and applies a random recording condition.
+
+  Returns:
+    (int16 audio at 16 kHz, condition metadata).
+  """
+  x = speech.astype(np.float64) / 32768.0
+  g = np.gcd(SAMPLE_RATE, source_rate)
+  x = signal.resample_poly(x, SAMPLE_RATE // g, source_rate // g)
+  channel = CHANNELS[rng.choice(len(CHANNELS), p=_CHANNEL_PROBS)]
+  if channel == "room":
+    rir, _ = _room_impulse(rng)
+    x = signal.fftconvolve(x, rir)[: len(x) + len(rir) // 4]
+  elif channel == "telephone":
+    x = signal.sosfilt(_TELEPHONE_SOS, x)
+  # Leading/trailing silence as in a real recording; the noise fills it.
+  lead, trail = (int(rng.uniform(0.05, 0.3) * SAMPLE_RATE) for _ in range(2))
+  x = np.concatenate([np.zeros(lead), x, np.zeros(trail)])
+  speech_power = np.mean(x[lead: len(x) - trail] ** 2) + 1e-12
+  snr_db = float(rng.uniform(*snr_range))
+  colour = NOISE_COLOURS[int(rng.integers(len(NOISE_COLOURS)))]
+  noise = _coloured_noise(rng, len(x), colour)
+  noise *= np.sqrt(speech_power / (np.mean(noise**2) + 1e-12) / 10 ** (snr_db / 10))
+  x = x + noise
+  gain_db = float(rng.uniform(-20.0, -1.0))  # peak level relative to full scale.
+  x *= 10 ** (gain_db / 20) / (np.max(np.abs(x)) + 1e-12)
+  audio = np.clip(np.round(x * 32767.0), -32768, 32767).astype(np.int16)
+  return audio, {"channel": channel, "snr_db": snr_db, "noise": colour, "gain_db": gain_db}
+
+
+def utterance_id(speaker: Speaker, index: int) -> str:
+  return f"{speaker.split}-spk{speaker.speaker_id:04d}-utt{index:04d}"
+
+
+def synthesize_speaker(spec: CorpusSpec, speaker: Speaker, num_utterances: int) -> list[tuple[str, dict]]:
+  """All utterances of one speaker as (key, example) pairs, in order.
+
+  Meant to run in a fresh process (see `libs.data.espeak` on espeak-ng's hidden state).
+  """
+  from libs.data import espeak  # pylint: disable=import-outside-toplevel
+
+  synth = espeak.Synthesizer()
+  make_text = grammar_lib.GRAMMARS[spec.grammar]
+  examples = []
+  for index in range(num_utterances):
+    rng = np.random.default_rng((spec.seed, 2, speaker.speaker_id, index))
+    text = make_text(rng)
+    rate = int(round(speaker.rate * rng.uniform(0.93, 1.07)))
+    clean = synth.synthesize(text, voice=speaker.voice, rate=rate, pitch=speaker.pitch,
+                             pitch_range=speaker.pitch_range)
+    audio, condition = record(rng, clean, synth.sample_rate, spec.snr_db)
+    key = utterance_id(speaker, index)
+    examples.append((key, {
+        "audio": audio,
+        "transcript": text,
+        "utterance_id": key,
+        "speaker_id": np.int32(speaker.speaker_id),
+        "accent": speaker.accent,
+        "gender": speaker.gender,
+        "voice": speaker.voice,
+        "latitude": np.float32(speaker.latitude),
+        "longitude": np.float32(speaker.longitude),
+        "region": speaker.region,
+        "channel": condition["channel"],
+        "snr_db": np.float32(condition["snr_db"]),
+        "gain_db": np.float32(condition["gain_db"]),
+    }))
+  return examples

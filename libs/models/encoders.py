@@ -1,0 +1,137 @@
+"""Acoustic encoders: convolutional 4x subsampling followed by LSTM or Conformer layers.
+
+All modules take padded batches with lengths and keep padded frames at zero, so that
+the same code serves batched training, per-example (vmapped) DP gradients and teacher
+ensembles. No batch statistics are used anywhere (LayerNorm only): per-example
+gradients stay independent across the batch, which DP-SGD requires.
+
+Example:
+  >>> enc = Encoder(EncoderConfig(kind="lstm"))
+  >>> params = enc.init(key, feats, lengths)
+  >>> out, out_lengths = enc.apply(params, feats, lengths)  # out: [B, ~T/4, dim]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from libs.models import lstm
+
+ENCODER_KINDS = ("lstm", "conformer")
+
+
+@dataclasses.dataclass(frozen=True)
+class EncoderConfig:
+  kind: str = "lstm"  # One of ENCODER_KINDS.
+  subsampling_channels: int = 32
+  dim: int = 192  # Model width after subsampling (per direction for a BiLSTM: dim // 2).
+  num_layers: int = 2
+  bidirectional: bool = True  # LSTM only.
+  num_heads: int = 4  # Conformer only.
+  conv_kernel: int = 15  # Conformer only.
+  ff_multiplier: int = 4  # Conformer only.
+  dropout: float = 0.1
+
+
+def _mask(x, lengths):
+  return jnp.where((jnp.arange(x.shape[1])[None] < lengths[:, None])[..., None], x, 0.0)
+
+
+def subsampled_lengths(lengths):
+  """Frame counts after the two stride-2 convolutions of `ConvSubsampling`."""
+  return ((lengths + 1) // 2 + 1) // 2
+
+
+class ConvSubsampling(nn.Module):
+  """Two 3x3 stride-2 convolutions over (time, frequency): 4x fewer frames."""
+  channels: int
+  out_dim: int
+
+  @nn.compact
+  def __call__(self, x, lengths):
+    y = _mask(x, lengths)[..., None]  # [B, T, F, 1]; padding may hold anything.
+    for _ in range(2):
+      # Explicit symmetric padding: "SAME" would shift the frame grid for odd lengths, so an
+      # utterance would encode differently alone and padded in a batch.
+      y = nn.relu(nn.Conv(self.channels, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))(y))
+      lengths = (lengths + 1) // 2
+      y = _mask(y.reshape(y.shape[0], y.shape[1], -1), lengths).reshape(y.shape)
+    y = y.reshape(y.shape[0], y.shape[1], -1)
+    return _mask(nn.Dense(self.out_dim)(y), lengths), lengths
+
+
+class LSTMLayers(nn.Module):
+  config: EncoderConfig
+
+  @nn.compact
+  def __call__(self, x, lengths, *, train: bool):
+    cfg = self.config
+    for i in range(cfg.num_layers):
+      hidden = cfg.dim // 2 if cfg.bidirectional else cfg.dim
+      y = lstm.LSTM(x.shape[-1], hidden, cfg.bidirectional, name=f"lstm_{i}")(x, lengths)
+      y = nn.Dropout(cfg.dropout, deterministic=not train)(y)
+      x = _mask(y if i == 0 else x + y, lengths)
+    return nn.LayerNorm()(x)
+
+
+def sinusoidal_positions(length: int, dim: int) -> np.ndarray:
+  pos = np.arange(length)[:, None]
+  inv = np.exp(-np.log(10000.0) * np.arange(0, dim, 2) / dim)[None]
+  table = np.zeros((length, dim), np.float32)
+  table[:, 0::2] = np.sin(pos * inv)
+  table[:, 1::2] = np.cos(pos * inv)
+  return table
+
+
+class ConformerBlock(nn.Module):
+  """Macaron FFN, self-attention, convolution module, FFN (Gulati et al. 2020),
+  with LayerNorm in place of BatchNorm in the convolution module."""
+  config: EncoderConfig
+
+  @nn.compact
+  def __call__(self, x, lengths, *, train: bool):
+    cfg = self.config
+    drop = lambda y: nn.Dropout(cfg.dropout, deterministic=not train)(y)
+
+    def ffn(y, name):
+      h = nn.Dense(cfg.dim * cfg.ff_multiplier, name=f"{name}_in")(nn.LayerNorm(name=f"{name}_ln")(y))
+      return drop(nn.Dense(cfg.dim, name=f"{name}_out")(nn.swish(h)))
+
+    x = x + 0.5 * ffn(x, "ffn1")
+    valid = jnp.arange(x.shape[1])[None] < lengths[:, None]
+    attn_mask = nn.make_attention_mask(valid, valid)
+    h = nn.MultiHeadDotProductAttention(cfg.num_heads, deterministic=not train,
+                                        dropout_rate=cfg.dropout)(nn.LayerNorm()(x), mask=attn_mask)
+    x = x + drop(h)
+    h = nn.Dense(2 * cfg.dim, name="pointwise_in")(nn.LayerNorm(name="conv_ln_in")(x))
+    h = _mask(nn.glu(h, axis=-1), lengths)
+    h = nn.Conv(cfg.dim, (cfg.conv_kernel,), feature_group_count=cfg.dim, padding="SAME",
+                name="depthwise")(h)
+    h = nn.Dense(cfg.dim, name="pointwise_out")(nn.swish(nn.LayerNorm(name="conv_ln_mid")(h)))
+    x = x + drop(h)
+    x = x + 0.5 * ffn(x, "ffn2")
+    return _mask(nn.LayerNorm(name="out_ln")(x), lengths)
+
+
+class Encoder(nn.Module):
+  config: EncoderConfig
+
+  @nn.compact
+  def __call__(self, features, lengths, *, train: bool = False):
+    cfg = self.config
+    if cfg.kind not in ENCODER_KINDS:
+      raise ValueError(f"encoder kind must be one of {ENCODER_KINDS}, got {cfg.kind!r}")
+    x, lengths = ConvSubsampling(cfg.subsampling_channels, cfg.dim)(features, lengths)
+    x = nn.Dropout(cfg.dropout, deterministic=not train)(x)
+    if cfg.kind == "lstm":
+      x = LSTMLayers(cfg)(x, lengths, train=train)
+    else:
+      x = _mask(x + sinusoidal_positions(x.shape[1], cfg.dim)[None], lengths)
+      for i in range(cfg.num_layers):
+        x = ConformerBlock(cfg, name=f"conformer_{i}")(x, lengths, train=train)
+    return x, lengths

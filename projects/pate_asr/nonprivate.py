@@ -1,0 +1,78 @@
+"""Non-private ASR baseline: train on the sensitive (training) speakers, report test WER.
+
+Example:
+  >>> results = run(get_config(), "/tmp/workdir")
+  >>> results["test_wer"]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import jax
+import ml_collections
+
+from libs.speech.tokenizer import CharTokenizer
+from libs.train import metrics as metrics_lib
+from libs.train import plots
+from projects.pate_asr import asr
+from projects.pate_asr import data as data_lib
+from projects.pate_asr import validation
+
+
+def write_json(path: str, payload: dict) -> None:
+  tmp = path + ".tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    json.dump(payload, f, indent=1, sort_keys=True)
+  os.replace(tmp, path)  # Atomic: an interrupted write never leaves a broken file.
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict | None:
+  """Trains, evaluates and writes `results.json` and `figures/training_curve.png`.
+
+  Returns the results, or None when the run was stopped by a signal (it resumes from its
+  checkpoint when rerun with the same workdir).
+  """
+  validation.validate(config)
+  wall_start = time.perf_counter()
+  os.makedirs(workdir, exist_ok=True)
+  tokenizer = CharTokenizer()
+  splits = data_lib.load_splits(config, tokenizer)
+  model = asr.build_model(config.model, tokenizer.vocab_size)
+  result = asr.train(config, workdir, model, splits.train, splits.dev, tokenizer, desc="nonprivate")
+  if result.preempted:
+    return None
+  decode_fn = asr.make_decode_fn(model)
+  dev = result.dev or asr.evaluate(decode_fn, result.state.params, splits.dev, tokenizer,
+                                   batch_size=config.eval.batch_size)
+  test = asr.evaluate(decode_fn, result.state.params, splits.test, tokenizer,
+                      batch_size=config.eval.batch_size)
+  rows = metrics_lib.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+  figure = plots.plot_training_curves(rows, os.path.join(workdir, "figures", "training_curve.png"),
+                                      title=f"{config.model.name} ({config.model.encoder}) on "
+                                            f"{config.data.corpus}/{config.data.synthetic_config}")
+  results = {
+      "test_wer": test.wer,
+      "dev_wer": dev.wer,
+      "train_seconds": result.train_seconds,
+      "wall_seconds_this_run": time.perf_counter() - wall_start,
+      "steps": result.steps,
+      "num_params": int(sum(x.size for x in jax.tree.leaves(result.state.params))),
+      "devices": [str(d) for d in jax.devices()],
+      "num_train_utterances": len(splits.train),
+      "config": config.to_dict(),
+      "examples": [{"reference": r, "hypothesis": h}
+                   for r, h in list(zip(splits.test.transcripts, test.hypotheses))[:10]],
+  }
+  for key in ("accent", "gender"):
+    if key in splits.test.metadata:
+      results[f"test_wer_by_{key}"] = test.group_wer(splits.test.metadata[key])
+  write_json(os.path.join(workdir, "results.json"), results)
+  print(f"\nnon-private {config.model.name}: dev WER {100 * dev.wer:.2f}%  test WER {100 * test.wer:.2f}%"
+        f"  ({result.steps} steps, {results['train_seconds']:.0f} s training)")
+  if "test_wer_by_accent" in results:
+    print("test WER by accent: " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in results["test_wer_by_accent"].items()))
+  print(f"results: {os.path.join(workdir, 'results.json')}\nfigure: {figure}")
+  return results

@@ -1,0 +1,66 @@
+"""Checks a pate_asr config before any work starts; errors name the offending field.
+
+Example:
+  >>> validate(config)   # ValueError: config.train.learning_rate must be > 0, got -0.1
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from libs.data import synthetic_speech
+from libs.models import encoders
+
+CORPORA = ("synthetic", "librispeech")
+MODEL_NAMES = ("transducer", "ctc")
+
+
+def _require(ok: bool, field: str, message: str, value) -> None:
+  if not ok:
+    raise ValueError(f"config.{field} {message}, got {value!r}")
+
+
+def _positive_int(config, field: str) -> None:
+  value = config
+  for part in field.split("."):
+    value = value[part]
+  _require(isinstance(value, int) and not isinstance(value, bool) and value >= 1, field,
+           "must be an integer >= 1", value)
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Raises ValueError naming the first invalid field of `config`."""
+  d, m, t = config.data, config.model, config.train
+  _require(d.corpus in CORPORA, "data.corpus", f"must be one of {CORPORA}", d.corpus)
+  if d.corpus == "synthetic":
+    names = tuple(c.name for c in synthetic_speech.BUILDER_CONFIGS)
+    _require(d.synthetic_config in names, "data.synthetic_config", f"must be one of {names}",
+             d.synthetic_config)
+  else:
+    _require(bool(d.librispeech_dir), "data.librispeech_dir",
+             "must name a local LibriSpeech directory when data.corpus='librispeech'", d.librispeech_dir)
+  for field in ("max_train_examples", "max_eval_examples"):
+    _require(d[field] >= 0, f"data.{field}", "must be >= 0 (0 means all)", d[field])
+  _require(m.name in MODEL_NAMES, "model.name", f"must be one of {MODEL_NAMES}", m.name)
+  _require(m.encoder in encoders.ENCODER_KINDS, "model.encoder",
+           f"must be one of {encoders.ENCODER_KINDS}", m.encoder)
+  for field in ("subsampling_channels", "dim", "num_layers", "num_heads", "conv_kernel",
+                "embed_dim", "predictor_dim", "joint_dim"):
+    _positive_int(config, f"model.{field}")
+  if m.encoder == "lstm" and m.bidirectional:
+    _require(m.dim % 2 == 0, "model.dim", "must be even for a bidirectional LSTM", m.dim)
+  if m.encoder == "conformer":
+    _require(m.dim % m.num_heads == 0, "model.dim", f"must be divisible by model.num_heads={m.num_heads}", m.dim)
+  _require(0.0 <= m.dropout < 1.0, "model.dropout", "must be in [0, 1)", m.dropout)
+  for field in ("batch_size", "num_steps", "log_every", "eval_every", "checkpoint_every", "num_buckets"):
+    _positive_int(config, f"train.{field}")
+  _require(t.learning_rate > 0, "train.learning_rate", "must be > 0", t.learning_rate)
+  _require(t.warmup_steps >= 0, "train.warmup_steps", "must be >= 0", t.warmup_steps)
+  _require(0.0 <= t.final_lr_fraction <= 1.0, "train.final_lr_fraction", "must be in [0, 1]",
+           t.final_lr_fraction)
+  _require(t.weight_decay >= 0, "train.weight_decay", "must be >= 0", t.weight_decay)
+  _require(t.grad_clip_norm > 0, "train.grad_clip_norm", "must be > 0", t.grad_clip_norm)
+  for field in ("freq_masks", "freq_mask_width", "time_masks", "time_mask_width"):
+    _require(t[field] >= 0, f"train.{field}", "must be >= 0", t[field])
+  _positive_int(config, "eval.batch_size")
+  _require(config.num_devices >= 0, "num_devices", "must be >= 0 (0 means all devices)", config.num_devices)

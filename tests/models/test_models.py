@@ -1,0 +1,126 @@
+"""Models: the fused LSTM against flax's LSTM cell, padding invariance, greedy decoding
+against step-by-step Python references."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import flax.linen as nn
+
+from libs.models import ctc, encoders, lstm, transducer
+
+
+def _flax_lstm_params(ours, d):
+  """Our fused parameters of direction d in OptimizedLSTMCell's layout."""
+  h = ours["w_hidden"].shape[1]
+  gates = ("i", "f", "g", "o")
+  p = {}
+  for k, g in enumerate(gates):
+    sl = slice(k * h, (k + 1) * h)
+    p["i" + g] = {"kernel": ours["w_in"][d][:, sl]}
+    p["h" + g] = {"kernel": ours["w_hidden"][d][:, sl], "bias": ours["bias"][d][sl]}
+  return p
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_fused_lstm_matches_flax_lstm(bidirectional):
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.standard_normal((3, 7, 5)), jnp.float32)
+  lengths = jnp.array([7, 4, 1])
+  layer = lstm.LSTM(5, 6, bidirectional)
+  params = layer.init(jax.random.key(0), x, lengths)["params"]
+  params = jax.tree.map(lambda p: p + 0.1 * jnp.asarray(rng.standard_normal(p.shape), p.dtype), params)
+  ours = jax.jit(layer.apply)({"params": params}, x, lengths)
+  fwd = nn.RNN(nn.OptimizedLSTMCell(6))
+  ref = fwd.apply({"params": {"cell": _flax_lstm_params(params, 0)}}, x, seq_lengths=lengths)
+  if bidirectional:
+    bwd = nn.RNN(nn.OptimizedLSTMCell(6), reverse=True, keep_order=True)
+    ref_b = bwd.apply({"params": {"cell": _flax_lstm_params(params, 1)}}, x, seq_lengths=lengths)
+    ref = jnp.concatenate([ref, ref_b], axis=-1)
+  valid = (np.arange(7)[None] < np.asarray(lengths)[:, None])[..., None]
+  np.testing.assert_allclose(np.where(valid, ours, 0), np.where(valid, ref, 0), atol=1e-5)
+
+
+def test_lstm_step_matches_sequence():
+  x = jax.random.normal(jax.random.key(1), (2, 5, 4))
+  layer = lstm.LSTM(4, 3)
+  variables = layer.init(jax.random.key(0), x, jnp.array([5, 5]))
+  seq = layer.apply(variables, x, jnp.array([5, 5]))
+  carry = layer.initial_carry(2)
+  for t in range(5):
+    carry, h = layer.apply(variables, carry, x[:, t], method=lstm.LSTM.step)
+    np.testing.assert_allclose(h, seq[:, t], atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "conformer"])
+def test_encoder_padding_invariance(kind):
+  """An utterance's encoding does not depend on what else is in the batch (DP needs this)."""
+  cfg = encoders.EncoderConfig(kind=kind, subsampling_channels=4, dim=16, num_layers=2, num_heads=2,
+                               conv_kernel=5, dropout=0.0)
+  enc = encoders.Encoder(cfg)
+  x = jax.random.normal(jax.random.key(0), (2, 40, 80))
+  lengths = jnp.array([40, 23])
+  params = enc.init(jax.random.key(1), x, lengths)
+  apply = jax.jit(enc.apply)
+  out, out_len = apply(params, x, lengths)
+  garbage = x.at[1, 23:].set(100.0)
+  out2, _ = apply(params, garbage, lengths)
+  alone, alone_len = apply(params, x[1:2, :23], lengths[1:])
+  n = int(alone_len[0])
+  assert int(out_len[1]) == n == int(encoders.subsampled_lengths(23))
+  np.testing.assert_allclose(out[1, :n], alone[0], atol=1e-5)
+  np.testing.assert_allclose(out2[1, :n], alone[0], atol=1e-5)
+  assert np.all(np.asarray(out[1, n:]) == 0)
+
+
+def _tiny_transducer():
+  cfg = transducer.TransducerConfig(
+      vocab_size=6, encoder=encoders.EncoderConfig(subsampling_channels=4, dim=8, num_layers=1, dropout=0.0),
+      embed_dim=4, predictor_dim=8, joint_dim=8, max_symbols_per_frame=3)
+  return transducer.Transducer(cfg)
+
+
+def test_transducer_shapes_and_greedy_decode_matches_python_reference():
+  model = _tiny_transducer()
+  feats = jax.random.normal(jax.random.key(0), (3, 24, 80))
+  lens = jnp.array([24, 17, 9])
+  labels = jnp.zeros((3, 4), jnp.int32)
+  variables = model.init({"params": jax.random.key(1)}, feats, lens, labels, jnp.array([4, 2, 0]))
+  # Large random output layer so that the greedy search emits plenty of labels.
+  variables = jax.tree.map(lambda p: p * 3.0, variables)
+  logits, enc_lens = model.apply(variables, feats, lens, labels, jnp.array([4, 2, 0]))
+  assert logits.shape == (3, 6, 5, 6) and list(enc_lens) == [6, 5, 3]
+  tokens, counts = jax.jit(lambda v, f, l: model.apply(v, f, l, method=transducer.Transducer.greedy_decode))(
+      variables, feats, lens)
+  enc, _ = model.apply(variables, feats, lens, method=transducer.Transducer.encode)
+  enc_proj = model.apply(variables, enc, method=lambda m, e: m.enc_proj(e))
+  pred_step = jax.jit(lambda c, tok: model.apply(variables, c, jnp.array([tok]),
+                                                 method=lambda m, c, t: m.predictor.step(c, t)))
+  joint = jax.jit(lambda e, p: model.apply(
+      variables, e, p, method=lambda m, e, p: m.joint(e, m.pred_proj(p))))
+  for b in range(3):
+    carry = model.apply(variables, 1, method=lambda m, n: m.predictor.initial_carry(n))
+    carry, pred = pred_step(carry, 0)
+    out = []
+    for t in range(int(enc_lens[b])):
+      for _ in range(3):
+        k = int(jnp.argmax(joint(enc_proj[b:b + 1, t], pred)))
+        if k == 0:
+          break
+        out.append(k)
+        carry, pred = pred_step(carry, k)
+    assert int(counts[b]) == len(out)
+    assert list(np.asarray(tokens[b, : len(out)])) == out
+  assert int(counts.sum()) > 0
+
+
+def test_ctc_greedy_decode_matches_python():
+  rng = np.random.default_rng(0)
+  logits = jnp.asarray(rng.standard_normal((4, 12, 5)))
+  lengths = jnp.array([12, 7, 1, 0])
+  ids, counts = ctc.greedy_decode(logits, lengths)
+  best = np.argmax(np.asarray(logits), -1)
+  for b in range(4):
+    path = best[b, : int(lengths[b])]
+    expected = [int(k) for i, k in enumerate(path) if k != 0 and (i == 0 or path[i - 1] != k)]
+    assert int(counts[b]) == len(expected) and list(np.asarray(ids[b, : len(expected)])) == expected
