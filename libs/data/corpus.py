@@ -224,7 +224,7 @@ def synthesize_speaker(spec: CorpusSpec, speaker: Speaker, num_utterances: int) 
     text = make_text(rng)
     rate = int(round(speaker.rate * rng.uniform(0.93, 1.07)))
     clean = synth.synthesize(text, voice=speaker.voice, rate=rate, pitch=speaker.pitch,
-                             pitch_range=speaker.pitch_range)
+                             pitch_range=speaker.pitch_range, seed=int(rng.integers(2**31)))
     audio, condition = record(rng, clean, synth.sample_rate, spec.snr_db)
     key = utterance_id(speaker, index)
     examples.append((key, {

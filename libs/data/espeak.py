@@ -2,11 +2,13 @@
 
 No system package is needed: the wheel ships `libespeak-ng.so` and its voice data.
 
-espeak-ng keeps hidden state between utterances (its waveform generator carries
-phase and flutter counters over), so the same text gives slightly different
-samples depending on what was synthesized before in the same process. For
-byte-exact determinism the corpus builder synthesizes each speaker in a fresh
-process (`Synthesizer` is cheap to create there) and always in the same order.
+Two things make espeak-ng output vary, and both are pinned down for byte-exact
+determinism:
+  * its own random generator (breathiness noise of variants such as +f2, +f3, +f5) is
+    seeded before every utterance (`espeak_ng_SetRandSeed`);
+  * it keeps hidden state between utterances (the waveform generator carries phase and
+    flutter counters over), so the corpus builder synthesizes each speaker in a fresh
+    process and always in the same order.
 
 Example:
   >>> synth = Synthesizer()
@@ -82,6 +84,7 @@ class Synthesizer:
       rate: int = 175,
       pitch: int = 50,
       pitch_range: int = 50,
+      seed: int = 0,
   ) -> np.ndarray:
     """Synthesizes `text` and returns int16 samples at `self.sample_rate`.
 
@@ -91,6 +94,7 @@ class Synthesizer:
       rate: speaking rate in words per minute (80..450).
       pitch: base pitch, 0..100.
       pitch_range: pitch range, 0..100.
+      seed: seed of espeak-ng's noise generator for this utterance.
 
     Returns:
       A 1-D int16 array.
@@ -101,6 +105,7 @@ class Synthesizer:
       for param, value in ((_PARAM_RATE, rate), (_PARAM_PITCH, pitch),
                            (_PARAM_RANGE, pitch_range), (_PARAM_VOLUME, 100)):
         self._lib.espeak_SetParameter(param, int(value), 0)
+      self._lib.espeak_ng_SetRandSeed(ctypes.c_long(seed))
       self._chunks = []
       data = text.encode("utf-8")
       status = self._lib.espeak_Synth(

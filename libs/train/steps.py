@@ -31,7 +31,7 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation):
     step_key = jax.random.fold_in(key, state.step)
     (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, step_key)
     new_state = state.apply_gradients(grads, optimizer)
-    return new_state, {"loss": loss, "grad_norm": optax.global_norm(grads), **aux}
+    return new_state, {"loss": loss, "grad_norm": optax.tree_utils.tree_norm(grads), **aux}
 
   return train_step
 

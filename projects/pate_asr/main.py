@@ -13,6 +13,7 @@ import sys
 
 from absl import app
 from absl import flags
+from absl import logging
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file.", lock_config=True)
@@ -25,6 +26,8 @@ MODES = ("nonprivate",)
 
 def main(argv):
   del argv
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)  # Keep the terminal for the progress bar and results.
   import jax  # pylint: disable=import-outside-toplevel
   if _MULTIHOST.value:
     jax.distributed.initialize()

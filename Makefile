@@ -1,0 +1,29 @@
+# Two commands on a fresh clone: `make run` (main job on the embedded corpus) and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+WORKDIR ?= workdirs/nonprivate
+CONFIG ?= projects/pate_asr/configs/nonprivate.py
+
+.PHONY: install run test bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test,bench]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(PY) -m projects.pate_asr.main --config=$(CONFIG) --workdir=$(WORKDIR)
+
+test: $(STAMP)
+	$(PY) -m pytest -q -n 2 --durations=10
+
+bench: $(STAMP)
+	$(PY) benchmarks/asr_train.py
+
+clean:
+	rm -rf $(VENV) workdirs
