@@ -1,0 +1,22 @@
+"""Differential privacy primitives: per-example clipping, Gaussian noise, DP-SGD, PATE
+aggregators and DP batch samplers. Privacy accounting lives in `libs.accounting`.
+
+Example:
+  >>> grads = clipped_grad(loss_fn, l2_clip_norm=1.0)(params, *batch, example_weights=mask)
+  >>> opt = dpsgd(0.1, l2_clip_norm=1.0, noise_multiplier=1.1, expected_batch_size=256, key=key)
+  >>> labels, answered = confident_gnmax(votes, key, threshold=150, sigma_threshold=100, sigma=40)
+"""
+
+from libs.dp.clipping import clip_factor, clipped_grad, tree_l2_norm
+from libs.dp.ghost import ghost_clipped_grad
+from libs.dp.noise import GaussianNoiseState, add_gaussian_noise, dpsgd
+from libs.dp.pate_aggregators import (NOT_ANSWERED, check_probabilities, check_votes, confident_gnmax, gnmax,
+                                      lnmax, noisy_average, vote_histogram)
+from libs.dp.sampling import FixedSizeSampler, PoissonSampler, ShufflingSampler, physical_batches
+
+__all__ = [
+    "NOT_ANSWERED", "FixedSizeSampler", "GaussianNoiseState", "PoissonSampler", "ShufflingSampler",
+    "add_gaussian_noise", "check_probabilities", "check_votes", "clip_factor", "clipped_grad",
+    "confident_gnmax", "dpsgd", "ghost_clipped_grad", "gnmax", "lnmax", "noisy_average",
+    "physical_batches", "tree_l2_norm", "vote_histogram",
+]

@@ -54,12 +54,16 @@ class LSTM(nn.Module):
     # Forget-gate bias 1 (Jozefowicz et al. 2015) helps gradients flow early in training.
     self.bias = self.param("bias", lambda _, s: jnp.zeros(s).at[:, h: 2 * h].set(1.0), (d, 4 * h))
 
-  def __call__(self, x: jnp.ndarray, lengths: jnp.ndarray) -> jnp.ndarray:
+  def __call__(self, x: jnp.ndarray, lengths: jnp.ndarray, gates_perturbation=None) -> jnp.ndarray:
+    """`gates_perturbation` ([T, D, B, 4H], zeros) is added to the input projections; its
+    gradient is the gradient of every gate pre-activation (used by ghost clipping)."""
     if x.shape[-1] != self.input_dim:
       raise ValueError(f"LSTM expects input_dim={self.input_dim} features, got {x.shape[-1]}")
     inputs = [x] + ([reverse_within_lengths(x, lengths)] if self.bidirectional else [])
     xs = jnp.stack(inputs)  # [D, B, T, F]
     gates_in = jnp.einsum("dbtf,dfg->tdbg", xs, self.w_in) + self.bias[None, :, None]
+    if gates_perturbation is not None:
+      gates_in = gates_in + gates_perturbation
     zeros = jnp.zeros(gates_in.shape[1:-1] + (self.hidden,), gates_in.dtype)
     w_hidden = self.w_hidden
 
