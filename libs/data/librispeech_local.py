@@ -38,6 +38,10 @@ import soundfile as sf
 import tensorflow_datasets as tfds
 import tqdm
 
+from libs.data import tfds_compat
+
+tfds_compat.enable()
+
 SAMPLE_RATE = 16000
 TRAIN_SPLIT = "train"  # Split name when ROOT holds speaker directories directly.
 

@@ -28,6 +28,9 @@ import tensorflow_datasets as tfds
 import tqdm
 
 from libs.data import corpus
+from libs.data import tfds_compat
+
+tfds_compat.enable()
 
 
 @dataclasses.dataclass(eq=False)

@@ -102,3 +102,16 @@ def test_tiny_corpus_contents_and_byte_determinism(tiny_corpus_dir, tmp_path):
   pipeline.prepare_synthetic("tiny", str(tmp_path))
   first, second = _record_files(tiny_corpus_dir), _record_files(str(tmp_path))
   assert first and first == second
+
+
+def test_splits_larger_than_the_tfds_memory_buffer_build_without_tensorflow(tmp_path, monkeypatch):
+  """TFDS spills splits over its in-memory shuffle buffer to disk through tf.io.gfile;
+  with TensorFlow absent our shim must make that path work (buffer shrunk to force it)."""
+  from tensorflow_datasets.core import shuffle  # pylint: disable=import-outside-toplevel
+  monkeypatch.setattr(shuffle, "MAX_MEM_BUFFER_SIZE", 50_000)
+  builder = pipeline.prepare_synthetic("tiny", str(tmp_path))
+  source = builder.as_data_source("train")
+  assert len(source) == 28
+  assert sum(len(e["audio"]) for e in source) * 2 > 50_000  # really exceeded the buffer
+  ids = sorted(e["utterance_id"] for e in source)
+  assert len(set(ids)) == 28
