@@ -20,7 +20,7 @@ run: $(STAMP)
 	$(PY) -m projects.pate_asr.main --config=$(CONFIG) --workdir=$(WORKDIR)
 
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2 --durations=10
+	$(PY) -m pytest -q -n 2 --dist loadfile --durations=10
 
 bench: $(STAMP)
 	$(PY) benchmarks/asr_train.py
