@@ -172,6 +172,28 @@ def _pad_batch(split: SpeechSplit, idx: np.ndarray, batch_size: int, frames: int
   return batch
 
 
+def bucket_label_widths(split: SpeechSplit, buckets: Sequence[int]) -> tuple[int, ...]:
+  """Label padding for each frame bucket: the longest transcript that can land in it,
+  rounded up to 8 (one label shape per frame bucket keeps compilations few)."""
+  bucket_of = np.searchsorted(buckets, split.feature_lengths)
+  return tuple(_round_up(max(int(split.label_lengths[bucket_of <= b].max(initial=1)), 1), 8)
+               for b in range(len(buckets)))
+
+
+def make_batch(split: SpeechSplit, indices: Sequence[int], batch_size: int, buckets: Sequence[int],
+               label_widths: Sequence[int]) -> dict:
+  """A padded batch of the given utterances (at most `batch_size`; the rest is padding of
+  weight 0 and index -1), frames padded to the smallest bucket that fits."""
+  idx = np.asarray(indices, np.int64)
+  if len(idx) > batch_size:
+    raise ValueError(f"{len(idx)} utterances do not fit in a batch of {batch_size}")
+  longest = int(split.feature_lengths[idx].max()) if len(idx) else 1
+  pos = int(np.searchsorted(buckets, longest))
+  if pos == len(buckets):
+    raise ValueError(f"buckets {tuple(buckets)} do not cover an utterance of {longest} frames")
+  return _pad_batch(split, idx, batch_size, buckets[pos], label_widths[pos])
+
+
 class Batcher:
   """Deterministic, length-bucketed training batches: `batch(step)` depends only on
   (seed, step), so resuming at any step reproduces the same data order.
@@ -191,11 +213,7 @@ class Batcher:
     self.buckets = buckets or frame_buckets(lengths, num_buckets)
     if max(self.buckets) < lengths.max():
       raise ValueError(f"buckets {self.buckets} do not cover the longest utterance ({lengths.max()} frames)")
-    # Label padding per frame bucket: the longest transcript that can land in it, rounded up.
-    bucket_of = np.searchsorted(self.buckets, lengths)
-    self.label_widths = tuple(
-        _round_up(max(int(split.label_lengths[bucket_of <= b].max(initial=1)), 1), 8)
-        for b in range(len(self.buckets)))
+    self.label_widths = bucket_label_widths(split, self.buckets)
     self.steps_per_epoch = len(split) // batch_size
     self._epoch_cache: tuple[int, list[np.ndarray]] | None = None
 
@@ -213,9 +231,7 @@ class Batcher:
 
   def batch(self, step: int) -> dict:
     epoch, index = divmod(int(step), self.steps_per_epoch)
-    idx = self._epoch(epoch)[index]
-    bucket = int(np.searchsorted(self.buckets, self.split.feature_lengths[idx].max()))
-    return _pad_batch(self.split, idx, self.batch_size, self.buckets[bucket], self.label_widths[bucket])
+    return make_batch(self.split, self._epoch(epoch)[index], self.batch_size, self.buckets, self.label_widths)
 
 
 def eval_batches(split: SpeechSplit, batch_size: int, buckets: Sequence[int] | None = None) -> Iterator[dict]:

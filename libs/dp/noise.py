@@ -28,6 +28,8 @@ class GaussianNoiseState(NamedTuple):
 
 
 def _check(l2_clip_norm, noise_multiplier, expected_batch_size):
+  if isinstance(noise_multiplier, jax.Array):  # Traced or per-member (vmapped) noise: checked by the caller.
+    return
   if not noise_multiplier >= 0:
     raise ValueError(f"noise_multiplier must be >= 0, got {noise_multiplier}")
   if not l2_clip_norm >= 0 or (l2_clip_norm == float("inf") and noise_multiplier > 0):
@@ -42,13 +44,17 @@ def add_gaussian_noise(*, l2_clip_norm: float, noise_multiplier: float, expected
 
   Args:
     l2_clip_norm: the per-example clip norm used to compute the sum (the sensitivity).
-    noise_multiplier: noise std in units of the clip norm (sigma).
+    noise_multiplier: noise std in units of the clip norm (sigma); a JAX array is allowed
+      (e.g. one value per vmapped model) and is then not validated here.
     expected_batch_size: divisor applied after the noise (q * N for Poisson sampling).
     key: a `jax.random.key` (or legacy uint32 key) for the noise.
   """
   _check(l2_clip_norm, noise_multiplier, expected_batch_size)
   key_data = jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key
-  std = noise_multiplier * l2_clip_norm if noise_multiplier > 0 else 0.0
+  if isinstance(noise_multiplier, jax.Array):
+    std = noise_multiplier * l2_clip_norm
+  else:
+    std = noise_multiplier * l2_clip_norm if noise_multiplier > 0 else 0.0
 
   def init_fn(params):
     del params

@@ -18,6 +18,7 @@ import signal
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 
@@ -44,7 +45,8 @@ class Checkpointer:
     return self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
 
   def maybe_save(self, state: Any, *, force: bool = False) -> bool:
-    step = int(jax.device_get(state.step))
+    # Stacked ensembles carry one (equal) step per member.
+    step = int(np.asarray(jax.device_get(state.step)).reshape(-1)[0])
     if not force and step % self.save_every:
       return False
     if self._manager.latest_step() == step:

@@ -146,8 +146,9 @@ def evaluate(decode_fn, params, split, tokenizer, *, batch_size, mesh=None, buck
 
 
 def make_optimizer(train_cfg: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  warmup = max(min(train_cfg.warmup_steps, train_cfg.num_steps - 1), 1)
   schedule = optax.warmup_cosine_decay_schedule(
-      0.0, train_cfg.learning_rate, max(train_cfg.warmup_steps, 1), max(train_cfg.num_steps, 2),
+      0.0, train_cfg.learning_rate, warmup, max(train_cfg.num_steps, warmup + 1),
       end_value=train_cfg.learning_rate * train_cfg.final_lr_fraction)
   return optax.chain(optax.clip_by_global_norm(train_cfg.grad_clip_norm),
                      optax.adamw(schedule, weight_decay=train_cfg.weight_decay))
@@ -231,8 +232,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, model, train_split: p
         writer.write_scalars(done, {"dev/wer": dev.wer})
         bar.write(f"[{desc}] step {done}: dev WER {100 * dev.wer:.2f}%")
         t_last = time.perf_counter()  # Evaluation time is not training throughput.
-      ckpt.maybe_save(state, force=guard.stop_requested or done == tcfg.num_steps)
-      if guard.stop_requested:
+      stop = guard.stop_requested  # Read once: a signal may land while saving.
+      ckpt.maybe_save(state, force=stop or done == tcfg.num_steps)
+      if stop:
         bar.write(f"[{desc}] received {guard.received}: checkpointed step {done}, stopping")
         preempted = True
         break

@@ -21,7 +21,6 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metr
 _MULTIHOST = flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() first (multi-host runs).")
 flags.mark_flags_as_required(["config", "workdir"])
 
-MODES = ("nonprivate",)
 
 
 def main(argv):
@@ -34,7 +33,8 @@ def main(argv):
   from libs.train import compilation_cache  # pylint: disable=import-outside-toplevel
   compilation_cache.enable()
   from projects.pate_asr import nonprivate  # pylint: disable=import-outside-toplevel
-  runners = {"nonprivate": nonprivate.run}
+  from projects.pate_asr import sweep  # pylint: disable=import-outside-toplevel
+  runners = {"nonprivate": nonprivate.run, "sweep": sweep.run}
   config = _CONFIG.value
   if config.mode not in runners:
     raise app.UsageError(f"config.mode must be one of {sorted(runners)}, got {config.mode!r}")

@@ -64,3 +64,42 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _require(t[field] >= 0, f"train.{field}", "must be >= 0", t[field])
   _positive_int(config, "eval.batch_size")
   _require(config.num_devices >= 0, "num_devices", "must be >= 0 (0 means all devices)", config.num_devices)
+
+
+PATE_METHODS = ("lnmax", "gnmax", "confident_gnmax", "noisy_average")
+TRAIN_FIELDS = ("batch_size", "num_steps", "log_every", "checkpoint_every", "num_buckets")
+
+
+def validate_pate(config: ml_collections.ConfigDict) -> None:
+  """Checks the sections of a PATE sweep config (`validate` covers the shared ones)."""
+  p = config.pate
+  for scenario in p.scenarios:
+    _require(scenario in ("matched", "mismatched"), "pate.scenarios", "must hold 'matched'/'mismatched'", scenario)
+  for method in p.methods:
+    _require(method in PATE_METHODS, "pate.methods", f"must hold methods of {PATE_METHODS}", method)
+  _positive_int(config, "pate.num_teachers")
+  _positive_int(config, "pate.label_batch_size")
+  _positive_int(config, "pate.max_symbols_per_frame")
+  _require(0.0 < p.delta < 1.0, "pate.delta", "must be in (0, 1)", p.delta)
+  _require(len(p.target_epsilons) > 0 and all(e > 0 for e in p.target_epsilons), "pate.target_epsilons",
+           "must be positive numbers", tuple(p.target_epsilons))
+  _require(p.budget in ("data_dependent", "data_independent"), "pate.budget",
+           "must be 'data_dependent' or 'data_independent'", p.budget)
+  for field in ("lnmax_scale", "gnmax_sigma", "confident_sigma", "confident_sigma_threshold",
+                "noisy_average_sigma", "ss_beta", "ss_sigma"):
+    _require(p[field] > 0, f"pate.{field}", "must be > 0", p[field])
+  _require(1 < p.ss_order < 1 / (2 * p.ss_beta), "pate.ss_order", "must be in (1, 1 / (2 * pate.ss_beta))",
+           p.ss_order)
+  for section in ("teachers", "students"):
+    for field in TRAIN_FIELDS:
+      _positive_int(config, f"{section}.{field}")
+    _require(config[section].learning_rate > 0, f"{section}.learning_rate", "must be > 0",
+             config[section].learning_rate)
+  d = config.dpsgd
+  for field in ("num_steps", "physical_batch_size", "checkpoint_every"):
+    _positive_int(config, f"dpsgd.{field}")
+  _require(d.expected_batch_size > 0, "dpsgd.expected_batch_size", "must be > 0", d.expected_batch_size)
+  _require(d.l2_clip_norm > 0, "dpsgd.l2_clip_norm", "must be > 0", d.l2_clip_norm)
+  _require(d.learning_rate > 0, "dpsgd.learning_rate", "must be > 0", d.learning_rate)
+  _require(config.model.name == "transducer", "model.name", "must be 'transducer' for PATE (sequence "
+           "queries are transducer decoding steps)", config.model.name)

@@ -1,0 +1,236 @@
+"""PATE for sequences: label public utterances by an ensemble decode of the teachers in
+which every decoding step is one query answered by noisy voting.
+
+What one query is. The teachers are transducers decoded in lock-step, greedily. At each
+step every teacher k looks at the same state (frame t of the utterance, the labels
+emitted so far) and proposes one symbol of the fixed output domain {blank} + characters
+(29 symbols): the argmax of its joint network (or, for noisy averaging, its probability
+vector over that domain). The aggregator turns the K proposals into ONE released
+symbol; blank advances to frame t+1, a character is appended to the transcript and fed
+to every teacher's prediction network. So an utterance of T' encoder frames with U
+labels costs T' + U queries (less if a Confident-GNMax step is not answered, which
+abandons the utterance). After `max_symbols_per_frame` characters at one frame the
+decoder moves on without a query (a data-independent rule: no privacy cost).
+
+Unit of privacy. Teachers are trained on speaker-disjoint parts of the sensitive data,
+so changing one speaker (all of their utterances), a fortiori one utterance, changes
+one teacher, i.e. moves one vote in each query by at most one class. Every analysis in
+`libs.accounting.pate` is for exactly that neighbouring relation, so the (epsilon, delta)
+reported here hold at the speaker level.
+
+Aggregators (`AggregatorConfig.name`): "lnmax" (Laplace noisy max), "gnmax" (Gaussian
+noisy max), "confident_gnmax" (an utterance is labeled only if every step's noisy top
+vote clears a threshold), "noisy_average" (Gaussian noise on the summed teacher
+posteriors), and "plurality" (no noise, epsilon = infinity).
+
+Example:
+  >>> labeler = make_labeler(model, AggregatorConfig("gnmax", sigma=2.0), max_symbols_per_frame=4)
+  >>> out = label_split(labeler, teacher_params, public_split, key, batch_size=64)
+  >>> costs = query_costs(out, agg, num_teachers=16, orders=orders)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tqdm
+
+from libs.accounting import pate as pate_accounting
+from libs.data import pipeline
+from libs.dp import pate_aggregators as agg_lib
+from libs.models import transducer as transducer_lib
+
+AGGREGATORS = ("lnmax", "gnmax", "confident_gnmax", "noisy_average", "plurality")
+
+
+@dataclasses.dataclass(frozen=True)
+class AggregatorConfig:
+  name: str
+  sigma: float = 0.0  # gnmax, confident_gnmax, noisy_average.
+  scale: float = 0.0  # lnmax (Laplace scale).
+  threshold: float = 0.0  # confident_gnmax.
+  sigma_threshold: float = 0.0  # confident_gnmax.
+
+  def __post_init__(self):
+    if self.name not in AGGREGATORS:
+      raise ValueError(f"aggregator must be one of {AGGREGATORS}, got {self.name!r}")
+    needs = {"lnmax": ("scale",), "gnmax": ("sigma",), "noisy_average": ("sigma",),
+             "confident_gnmax": ("sigma", "sigma_threshold"), "plurality": ()}[self.name]
+    for field in needs:
+      if not getattr(self, field) > 0:
+        raise ValueError(f"{self.name} needs {field} > 0, got {getattr(self, field)}")
+
+
+def _aggregate(cfg: AggregatorConfig, votes, probs, key):
+  """votes [B, V] counts, probs [K, B, V] -> (symbol [B], answered [B])."""
+  answered = jnp.ones(votes.shape[0], bool)
+  if cfg.name == "plurality":
+    return jnp.argmax(votes, axis=-1).astype(jnp.int32), answered
+  if cfg.name == "lnmax":
+    return agg_lib.lnmax(votes, key, scale=cfg.scale), answered
+  if cfg.name == "gnmax":
+    return agg_lib.gnmax(votes, key, sigma=cfg.sigma), answered
+  if cfg.name == "confident_gnmax":
+    return agg_lib.confident_gnmax(votes, key, threshold=cfg.threshold, sigma_threshold=cfg.sigma_threshold,
+                                   sigma=cfg.sigma)
+  _, symbol = agg_lib.noisy_average(probs, key, sigma=cfg.sigma)
+  return symbol.astype(jnp.int32), answered
+
+
+def make_labeler(model: transducer_lib.Transducer, cfg: AggregatorConfig, *, max_symbols_per_frame: int):
+  """Jitted ensemble decode with noisy aggregation (see the module docstring).
+
+  Returns `fn(teacher_params [K, ...], features, lengths, key)` -> dict of
+    tokens [B, L], counts [B], labeled [B] (every step answered), num_queries [B],
+    votes [B, Q, V] int32 (vote histogram of each query), answered [B, Q].
+  """
+  blank = model.config.blank_id
+  vocab = model.config.vocab_size
+
+  def apply(params, *args, method):
+    return model.apply({"params": params}, *args, method=method)
+
+  def fn(params, feats, lens, key):
+    encode = jax.vmap(lambda p: apply(p, feats, lens, method=transducer_lib.Transducer.encode))
+    enc, enc_lens = encode(params)
+    enc_lens = enc_lens[0]
+    enc_proj = jax.vmap(lambda p, e: apply(p, e, method=lambda m, e: m.enc_proj(e)))(params, enc)  # [K, B, T, J]
+    num, batch, frames = enc_proj.shape[:3]
+    capacity = frames * max_symbols_per_frame
+    max_queries = frames + capacity
+    pred_step = jax.vmap(lambda p, c, y: apply(p, c, y, method=lambda m, c, y: m.predictor.step(c, y)),
+                         in_axes=(0, 0, None))
+    pred_proj = jax.vmap(lambda p, h: apply(p, h, method=lambda m, h: m.pred_proj(h)))
+    joint = jax.vmap(lambda p, e, q: apply(p, e, q, method=transducer_lib.Transducer.joint))
+    zeros = jnp.zeros((num, batch, model.config.predictor_dim))
+    carry, h = pred_step(params, (zeros, zeros), jnp.full((batch,), blank, jnp.int32))
+    rows = jnp.arange(batch)
+    state = dict(
+        carry=carry, pred=pred_proj(params, h), t=jnp.zeros(batch, jnp.int32), nsym=jnp.zeros(batch, jnp.int32),
+        tokens=jnp.zeros((batch, capacity), jnp.int32), count=jnp.zeros(batch, jnp.int32),
+        done=enc_lens <= 0, failed=jnp.zeros(batch, bool), q=jnp.zeros(batch, jnp.int32),
+        votes=jnp.zeros((batch, max_queries, vocab), jnp.int32), answered=jnp.zeros((batch, max_queries), bool),
+        it=jnp.zeros((), jnp.int32))
+
+    def cond(s):
+      return jnp.any(~s["done"]) & (s["it"] < max_queries + frames)
+
+    def body(s):
+      active = ~s["done"]
+      forced = active & (s["nsym"] >= max_symbols_per_frame)
+      querying = active & ~forced
+      t = jnp.minimum(s["t"], frames - 1)
+      e = enc_proj[:, rows, t]  # [K, B, J]
+      logits = joint(params, e, s["pred"])  # [K, B, V]
+      proposals = jnp.argmax(logits, axis=-1)
+      votes = jnp.sum(jax.nn.one_hot(proposals, vocab, dtype=jnp.int32), axis=0)  # [B, V]
+      symbol, answered = _aggregate(cfg, votes, jax.nn.softmax(logits, axis=-1), jax.random.fold_in(key, s["it"]))
+      answered = answered & querying
+      unanswered = querying & ~answered
+      emit = answered & (symbol != blank)
+      advance = forced | (answered & (symbol == blank))
+      slot = jnp.minimum(s["q"], max_queries - 1)
+      out = dict(s)
+      out["votes"] = s["votes"].at[rows, slot].set(jnp.where(querying[:, None], votes, s["votes"][rows, slot]))
+      out["answered"] = s["answered"].at[rows, slot].set(jnp.where(querying, answered, s["answered"][rows, slot]))
+      out["q"] = s["q"] + querying
+      cslot = jnp.minimum(s["count"], capacity - 1)
+      out["tokens"] = s["tokens"].at[rows, cslot].set(jnp.where(emit, symbol, s["tokens"][rows, cslot]))
+      out["count"] = s["count"] + emit
+      new_carry, new_h = pred_step(params, s["carry"], symbol)
+      keep = lambda new, old: jnp.where(emit.reshape((1, batch) + (1,) * (new.ndim - 2)), new, old)
+      out["carry"] = jax.tree.map(keep, new_carry, s["carry"])
+      out["pred"] = keep(pred_proj(params, new_h), s["pred"])
+      out["t"] = s["t"] + advance
+      out["nsym"] = jnp.where(advance, 0, s["nsym"] + emit)
+      out["failed"] = s["failed"] | unanswered
+      out["done"] = s["done"] | unanswered | (out["t"] >= enc_lens)
+      out["it"] = s["it"] + 1
+      return out
+
+    s = jax.lax.while_loop(cond, body, state)
+    return dict(tokens=s["tokens"], counts=s["count"], labeled=~s["failed"] & s["done"], num_queries=s["q"],
+                votes=s["votes"], answered=s["answered"])
+
+  return jax.jit(fn)
+
+
+@dataclasses.dataclass
+class Labels:
+  """The ensemble's answers for every utterance of a split, in split order."""
+  tokens: list[np.ndarray]  # Released label ids of each utterance (empty if not labeled).
+  labeled: np.ndarray  # [N] bool: every query answered.
+  votes: list[np.ndarray]  # [n_queries, V] histograms of each utterance's queries.
+  answered: list[np.ndarray]  # [n_queries] bool.
+
+  def save(self, path: str) -> None:
+    lengths = np.array([len(v) for v in self.votes])
+    np.savez_compressed(path, labeled=self.labeled, token_lengths=np.array([len(t) for t in self.tokens]),
+                        tokens=np.concatenate(self.tokens + [np.zeros(0, np.int32)]),
+                        query_lengths=lengths, votes=np.concatenate(self.votes), answered=np.concatenate(self.answered))
+
+  @classmethod
+  def load(cls, path: str) -> "Labels":
+    z = np.load(path)
+    split = lambda a, n: np.split(a, np.cumsum(n)[:-1]) if len(n) else []
+    return cls(split(z["tokens"], z["token_lengths"]), z["labeled"], split(z["votes"], z["query_lengths"]),
+               split(z["answered"], z["query_lengths"]))
+
+
+def label_split(labeler, teacher_params, split: pipeline.SpeechSplit, key: jax.Array, *, batch_size: int,
+                progress: bool = True, desc: str = "labeling") -> Labels:
+  """Runs the labeler over every utterance of `split` (in length-sorted batches)."""
+  n = len(split)
+  tokens, votes, answered = [None] * n, [None] * n, [None] * n
+  labeled = np.zeros(n, bool)
+  batches = list(pipeline.eval_batches(split, batch_size))
+  for b, batch in enumerate(tqdm.tqdm(batches, desc=desc, unit="batch", disable=not progress, leave=False)):
+    out = jax.device_get(labeler(teacher_params, batch["features"], batch["feature_lengths"],
+                                 jax.random.fold_in(key, b)))
+    for row, i in enumerate(batch["index"]):
+      if i < 0:
+        continue
+      q = int(out["num_queries"][row])
+      votes[i] = out["votes"][row, :q].astype(np.int32)
+      answered[i] = out["answered"][row, :q].astype(bool)
+      labeled[i] = bool(out["labeled"][row])
+      tokens[i] = out["tokens"][row, : out["counts"][row]].astype(np.int32) if labeled[i] else np.zeros(0, np.int32)
+  return Labels(tokens, labeled, votes, answered)
+
+
+@dataclasses.dataclass
+class QueryCosts:
+  """Per-utterance RDP at `orders`, data-independent (the worst-case guarantee) and
+  data-dependent (at the actual votes)."""
+  orders: np.ndarray
+  independent: np.ndarray  # [N, L]
+  dependent: np.ndarray  # [N, L]
+
+
+def query_costs(labels: Labels, cfg: AggregatorConfig, *, num_teachers: int, orders: np.ndarray) -> QueryCosts:
+  """RDP charged for each utterance's released answers (all its queries)."""
+  n = len(labels.votes)
+  indep = np.zeros((n, len(orders)))
+  dep = np.zeros((n, len(orders)))
+  if cfg.name == "plurality":
+    indep[:] = np.inf
+    dep[:] = np.inf
+    return QueryCosts(orders, indep, dep)
+  for i, (votes, answered) in enumerate(zip(labels.votes, labels.answered)):
+    if len(votes) == 0:
+      continue
+    ledger = pate_accounting.PateLedger(orders, num_teachers=num_teachers)
+    if cfg.name == "lnmax":
+      ledger.record_lnmax(votes, cfg.scale)
+    elif cfg.name == "gnmax":
+      ledger.record_gnmax(votes, cfg.sigma)
+    elif cfg.name == "confident_gnmax":
+      ledger.record_confident_gnmax(votes, cfg.threshold, cfg.sigma_threshold, cfg.sigma, answered)
+    else:
+      ledger.record_noisy_average(len(votes), cfg.sigma)
+    indep[i] = ledger.rdp_data_independent
+    dep[i] = ledger.rdp_data_dependent
+  return QueryCosts(orders, indep, dep)

@@ -1,0 +1,171 @@
+"""Training and evaluating M models at once: parameters stacked on a leading axis and one
+jitted, vmapped step (not a Python loop of M trainings). Used for the PATE teachers (one
+speaker-disjoint data part each) and for the students (one labeled public set each).
+
+Each member has its own data, batch order and PRNG stream; at every step the members'
+batches are padded to a common shape. With several devices, members are sharded over
+the mesh's data axis when their number divides the device count.
+
+Example:
+  >>> result = train_ensemble(config.teachers, workdir + "/teachers", model, parts, seed=0)
+  >>> per_member = evaluate_ensemble(model, result.params, dev_split, tokenizer, batch_size=64)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import tqdm
+
+from libs.data import pipeline
+from libs.speech import wer as wer_lib
+from libs.speech.tokenizer import CharTokenizer
+from libs.train import checkpoint as ckpt_lib
+from libs.train import mesh as mesh_lib
+from libs.train import metrics as metrics_lib
+from libs.train import steps as steps_lib
+from libs.train.state import TrainState
+from projects.pate_asr import asr
+
+
+@dataclasses.dataclass
+class EnsembleResult:
+  params: object  # Stacked parameters, leading axis = member.
+  steps: int
+  train_seconds: float
+  preempted: bool
+
+
+def init_stacked(model, key: jax.Array, num_members: int, num_mels: int = 80):
+  return jax.vmap(lambda k: asr.init_params(model, k, num_mels))(jax.random.split(key, num_members))
+
+
+def _pad(batch: dict, frames: int, labels: int) -> dict:
+  out = dict(batch)
+  f = batch["features"]
+  if f.shape[1] < frames:
+    out["features"] = np.pad(f, ((0, 0), (0, frames - f.shape[1]), (0, 0)))
+  l = batch["labels"]
+  if l.shape[1] < labels:
+    out["labels"] = np.pad(l, ((0, 0), (0, labels - l.shape[1])))
+  return out
+
+
+def stack_batches(batches: Sequence[dict]) -> dict:
+  """Pads member batches to a common shape and stacks them: [M, B, ...]."""
+  frames = max(b["features"].shape[1] for b in batches)
+  labels = max(b["labels"].shape[1] for b in batches)
+  padded = [_pad(b, frames, labels) for b in batches]
+  return {k: np.stack([b[k] for b in padded]) for k in padded[0]}
+
+
+def _at_least(split: pipeline.SpeechSplit, size: int) -> pipeline.SpeechSplit:
+  """Repeats a small split's utterances so that it fills one batch."""
+  if len(split) >= size:
+    return split
+  return split.subset(np.resize(np.arange(len(split)), size))
+
+
+def _member_sharding(mesh, num_members):
+  if mesh.size > 1 and num_members % mesh.size == 0:
+    return mesh_lib.data_sharding(mesh)
+  return mesh_lib.replicated(mesh)
+
+
+def train_ensemble(tcfg: ml_collections.ConfigDict, workdir: str, model,
+                   member_splits: Sequence[pipeline.SpeechSplit], *, seed: int, desc: str,
+                   progress: bool = True) -> EnsembleResult:
+  """Trains one model per split, all in one vmapped step; resumes from `workdir`.
+
+  Args:
+    tcfg: training section (batch_size, num_steps, learning rate schedule, SpecAugment,
+      num_buckets, log_every, checkpoint_every).
+    workdir: this ensemble's directory (checkpoints/, metrics.jsonl).
+    model: the flax module every member instantiates.
+    member_splits: the data of each member (none may be empty).
+    seed: seeds initialization, batch order and dropout/SpecAugment streams.
+    desc: progress-bar label.
+  """
+  if any(len(s) == 0 for s in member_splits):
+    raise ValueError("every ensemble member needs at least one utterance")
+  num = len(member_splits)
+  os.makedirs(workdir, exist_ok=True)
+  mesh = mesh_lib.make_mesh()
+  sharding = _member_sharding(mesh, num)
+  optimizer = asr.make_optimizer(tcfg)
+  loss_fn = asr.make_loss_fn(model, asr.spec_augment_config(tcfg))
+  init_key, train_key = jax.random.split(jax.random.fold_in(jax.random.key(seed), 1))
+  params = init_stacked(model, init_key, num, member_splits[0].features[0].shape[1])
+  state = jax.vmap(lambda p: TrainState.create(p, optimizer))(params)
+  state = jax.device_put(state, sharding)
+  ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), save_every=tcfg.checkpoint_every)
+  state = ckpt.restore_or(state)
+  start = int(np.asarray(jax.device_get(state.step))[0])
+  splits = [_at_least(s, tcfg.batch_size) for s in member_splits]
+  lengths = np.concatenate([s.feature_lengths for s in splits])
+  buckets = pipeline.frame_buckets(lengths, tcfg.num_buckets)
+  batchers = [pipeline.Batcher(s, tcfg.batch_size, seed=seed * 1000 + m, buckets=buckets)
+              for m, s in enumerate(splits)]
+  member_keys = jax.random.split(train_key, num)
+  step = jax.jit(jax.vmap(steps_lib.make_train_step(loss_fn, optimizer)),
+                 in_shardings=(sharding, sharding, sharding), out_shardings=(sharding, sharding),
+                 donate_argnums=(0,))
+  writer = metrics_lib.create_writer(workdir)
+  previous = [r["train/elapsed_seconds"] for r in metrics_lib.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+              if "train/elapsed_seconds" in r and r["step"] <= start]
+  elapsed = max(previous or [0.0])
+  preempted = False
+  with ckpt_lib.PreemptionGuard() as guard, tqdm.tqdm(total=tcfg.num_steps, initial=start, desc=desc,
+                                                       unit="step", disable=not progress, leave=False) as bar:
+    t_last = time.perf_counter()
+    for i in range(start, tcfg.num_steps):
+      batch = stack_batches([b.batch(i) for b in batchers])
+      state, m = step(state, jax.device_put(batch, sharding), member_keys)
+      bar.update(1)
+      done = i + 1
+      if done % tcfg.log_every == 0 or done == tcfg.num_steps:
+        loss = np.asarray(jax.device_get(m["loss"]))
+        now = time.perf_counter()
+        elapsed += now - t_last
+        t_last = now
+        writer.write_scalars(done, {"train/loss_mean": float(loss.mean()), "train/loss_max": float(loss.max()),
+                                    "train/elapsed_seconds": elapsed})
+        bar.set_postfix(loss=f"{loss.mean():.2f}")
+      stop = guard.stop_requested  # Read once: a signal may land while saving.
+      ckpt.maybe_save(state, force=stop or done == tcfg.num_steps)
+      if stop:
+        preempted = True
+        break
+  ckpt.close()
+  writer.flush()
+  return EnsembleResult(state.params, int(np.asarray(jax.device_get(state.step))[0]), elapsed, preempted)
+
+
+def make_ensemble_decode(model):
+  """Jitted greedy decoding of every member: (stacked params, feats, lens) -> ids [M, B, L], counts [M, B]."""
+  decode = lambda params, feats, lens: model.apply(
+      {"params": params}, feats, lens, method=type(model).greedy_decode)
+  return jax.jit(jax.vmap(decode, in_axes=(0, None, None)))
+
+
+def evaluate_ensemble(model, stacked_params, split: pipeline.SpeechSplit, tokenizer: CharTokenizer, *,
+                      batch_size: int) -> list[asr.EvalResult]:
+  """Greedy-decodes `split` with every member; one EvalResult per member."""
+  decode = make_ensemble_decode(model)
+  num = jax.tree.leaves(stacked_params)[0].shape[0]
+  hyps = [[None] * len(split) for _ in range(num)]
+  for batch in pipeline.eval_batches(split, batch_size):
+    ids, counts = jax.device_get(decode(stacked_params, batch["features"], batch["feature_lengths"]))
+    for row, i in enumerate(batch["index"]):
+      if i >= 0:
+        for m in range(num):
+          hyps[m][i] = tokenizer.decode(ids[m, row, : counts[m, row]]).strip()
+  refs = split.transcripts
+  return [asr.EvalResult(wer_lib.word_error_rate(refs, h), h, wer_lib.utterance_errors(refs, h)) for h in hyps]

@@ -1,0 +1,342 @@
+"""The PATE-ASR experiment: PATE (LNMax, GNMax, Confident-GNMax, noisy averaging) against
+DP-SGD at the same (epsilon, delta), with the non-private model as the floor.
+
+Stages, for each scenario (each writes its outputs under `workdir/<scenario>/` and is
+skipped on a rerun once finished):
+  1. floor/      non-private model on the sensitive data;
+  2. teachers/   K teachers on speaker-disjoint parts of the sensitive data, trained as
+                 one vmapped ensemble;
+  3. labels/     for each aggregator, the noisy ensemble decode of every public utterance
+                 (see `aggregation`), with the vote histogram of every query;
+  4. accounting  for each (aggregator, target epsilon): utterances are released in a fixed
+                 order while the budget allows; the budget is checked BEFORE each
+                 utterance, on the data-dependent (default; Papernot et al. 2018) or the
+                 data-independent RDP (`config.pate.budget`);
+  5. students/   one student per (aggregator, target) on its released labels, trained as
+                 one vmapped ensemble;
+  6. dpsgd/      DP-SGD, one model per finite target, noise calibrated to it;
+  7. results.json, the table, figures/wer_vs_epsilon.png.
+
+Example:
+  >>> results = run(quick.get_config(), "workdirs/pate_quick")
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+
+import jax
+import matplotlib
+import ml_collections
+import numpy as np
+from dp_accounting.rdp import rdp_privacy_accountant
+
+from libs.accounting import pate as pate_accounting
+from libs.data import pipeline
+from libs.speech import wer as wer_lib
+from libs.speech.tokenizer import CharTokenizer
+from projects.pate_asr import aggregation
+from projects.pate_asr import asr
+from projects.pate_asr import data as data_lib
+from projects.pate_asr import dpsgd_train
+from projects.pate_asr import ensemble
+from projects.pate_asr import partition
+from projects.pate_asr import validation
+from projects.pate_asr.nonprivate import write_json
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # pylint: disable=wrong-import-position
+
+METHOD_LABELS = {"lnmax": "PATE-LNMax", "gnmax": "PATE-GNMax", "confident_gnmax": "PATE-Confident-GNMax",
+                 "noisy_average": "PATE-NoisyAvg", "noiseless": "PATE-noiseless (eps=inf)", "dpsgd": "DP-SGD",
+                 "nonprivate": "non-private"}
+
+
+class Preempted(Exception):
+  """A stage was stopped by a signal after checkpointing."""
+
+
+def aggregator_config(pcfg, method: str) -> aggregation.AggregatorConfig:
+  return {
+      "plurality": lambda: aggregation.AggregatorConfig("plurality"),
+      "lnmax": lambda: aggregation.AggregatorConfig("lnmax", scale=pcfg.lnmax_scale),
+      "gnmax": lambda: aggregation.AggregatorConfig("gnmax", sigma=pcfg.gnmax_sigma),
+      "confident_gnmax": lambda: aggregation.AggregatorConfig(
+          "confident_gnmax", sigma=pcfg.confident_sigma, threshold=pcfg.confident_threshold,
+          sigma_threshold=pcfg.confident_sigma_threshold),
+      "noisy_average": lambda: aggregation.AggregatorConfig("noisy_average", sigma=pcfg.noisy_average_sigma),
+  }[method]()
+
+
+def _epsilon(orders, rdp, delta) -> float:
+  if not np.all(np.isfinite(rdp)):
+    return math.inf
+  return float(rdp_privacy_accountant.compute_epsilon(orders, rdp, delta)[0])
+
+
+def released_prefix(costs: np.ndarray, orders: np.ndarray, target: float, delta: float) -> tuple[int, np.ndarray]:
+  """How many utterances (in order) fit in the budget, and their total RDP.
+
+  The check happens before each utterance: the first one whose answers would pass the
+  target is not released, and labeling stops there.
+  """
+  total = np.zeros(len(orders))
+  for i, c in enumerate(costs):
+    if _epsilon(orders, total + c, delta) > target:
+      return i, total
+    total = total + c
+  return len(costs), total
+
+
+def _label_split(public: pipeline.SpeechSplit, labels: aggregation.Labels, indices, tokenizer) -> pipeline.SpeechSplit:
+  """The public utterances in `indices` with the teachers' labels as transcripts."""
+  sub = public.subset(indices)
+  sub.labels = [labels.tokens[i] for i in indices]
+  sub.transcripts = [tokenizer.decode(labels.tokens[i]) for i in indices]
+  sub.__dict__.pop("label_lengths", None)  # Recomputed from the new labels.
+  return sub
+
+
+def _stage_done(path: str) -> dict | None:
+  return json.load(open(path)) if os.path.exists(path) else None
+
+
+def _train_or_load(path_json, fn):
+  cached = _stage_done(path_json)
+  if cached is not None:
+    return cached
+  out = fn()
+  write_json(path_json, out)
+  return out
+
+
+def run_scenario(config, workdir: str, splits: data_lib.Splits, tokenizer: CharTokenizer, scenario: str) -> list[dict]:
+  pcfg = config.pate
+  progress = config.get("progress", True)
+  os.makedirs(workdir, exist_ok=True)
+  roles = partition.split_roles(splits.train, scenario=scenario, public_fraction=pcfg.public_fraction,
+                                seed=config.seed, public_accents=tuple(pcfg.public_accents))
+  parts = partition.speaker_partition(roles.sensitive, pcfg.num_teachers, seed=config.seed)
+  model = asr.build_model(config.model, tokenizer.vocab_size)
+  print(f"[{scenario}] sensitive: {len(roles.sensitive)} utterances of {len(roles.sensitive_speakers)} speakers "
+        f"-> {pcfg.num_teachers} teachers; public: {len(roles.public)} utterances of "
+        f"{len(roles.public_speakers)} speakers; test: {len(splits.test)}")
+
+  def train(section, name, member_splits, seed_offset):
+    result = ensemble.train_ensemble(config[section], os.path.join(workdir, name), model, member_splits,
+                                     seed=config.seed + seed_offset, desc=f"{scenario}/{name}", progress=progress)
+    if result.preempted:
+      raise Preempted(name)
+    return result
+
+  def test_wers(result):
+    return [r.wer for r in ensemble.evaluate_ensemble(model, result.params, splits.test, tokenizer,
+                                                      batch_size=config.eval.batch_size)]
+
+  # 1. Non-private floor on the sensitive data.
+  def floor():
+    t = time.perf_counter()
+    r = train("train", "floor", [roles.sensitive], 0)
+    return {"test_wer": test_wers(r)[0], "train_seconds": time.perf_counter() - t}
+
+  floor_out = _train_or_load(os.path.join(workdir, "floor", "done.json"), floor)
+  print(f"[{scenario}] non-private floor: test WER {100 * floor_out['test_wer']:.2f}%")
+
+  # 2. Teachers.
+  t = time.perf_counter()
+  teachers = train("teachers", "teachers", [roles.sensitive.subset(p) for p in parts], 1)
+  teacher_info = _train_or_load(os.path.join(workdir, "teachers", "done.json"), lambda: {
+      "dev_wer": [r.wer for r in ensemble.evaluate_ensemble(model, teachers.params, splits.dev, tokenizer,
+                                                            batch_size=config.eval.batch_size)],
+      "train_seconds": time.perf_counter() - t, "utterances": [int(len(p)) for p in parts]})
+  print(f"[{scenario}] teachers: dev WER mean {100 * np.mean(teacher_info['dev_wer']):.1f}% "
+        f"(best {100 * min(teacher_info['dev_wer']):.1f}%, worst {100 * max(teacher_info['dev_wer']):.1f}%)")
+
+  # 3. Noisy ensemble labels of the public data, one pass per aggregator.
+  label_dir = os.path.join(workdir, "labels")
+  os.makedirs(label_dir, exist_ok=True)
+  orders = np.asarray(pcfg.orders if pcfg.orders else pate_accounting.DEFAULT_ORDERS, np.float64)
+  label_key = jax.random.fold_in(jax.random.key(config.seed), 5)
+  all_labels = {}
+  for m, method in enumerate(("plurality",) + tuple(pcfg.methods)):
+    path = os.path.join(label_dir, f"{method}.npz")
+    if os.path.exists(path):
+      all_labels[method] = aggregation.Labels.load(path)
+      continue
+    labeler = aggregation.make_labeler(model, aggregator_config(pcfg, method),
+                                       max_symbols_per_frame=pcfg.max_symbols_per_frame)
+    labels = aggregation.label_split(labeler, teachers.params, roles.public, jax.random.fold_in(label_key, m),
+                                     batch_size=pcfg.label_batch_size, progress=progress,
+                                     desc=f"{scenario}/labels/{method}")
+    labels.save(path)
+    all_labels[method] = labels
+
+  # 4. Accounting: the released prefix of each (aggregator, target).
+  order = np.random.default_rng((config.seed, 13)).permutation(len(roles.public))  # Release order.
+  points = []  # (method, target, released indices, record)
+  for method in ("plurality",) + tuple(pcfg.methods):
+    labels = all_labels[method]
+    cfg = aggregator_config(pcfg, method)
+    costs = aggregation.query_costs(labels, cfg, num_teachers=pcfg.num_teachers, orders=orders)
+    basis = costs.dependent if pcfg.budget == "data_dependent" else costs.independent
+    targets = [math.inf] if method == "plurality" else list(pcfg.target_epsilons)
+    for target in targets:
+      if math.isinf(target):
+        count = len(order)
+      else:
+        count, _ = released_prefix(basis[order], orders, target, pcfg.delta)
+      released = order[:count]
+      used = released[labels.labeled[released]]
+      queries_total = int(sum(len(labels.votes[i]) for i in released))
+      answered = int(sum(int(labels.answered[i].sum()) for i in released))
+      eps_ind = _epsilon(orders, costs.independent[released].sum(0), pcfg.delta) if count else 0.0
+      eps_dep = _epsilon(orders, costs.dependent[released].sum(0), pcfg.delta) if count else 0.0
+      refs = [roles.public.transcripts[i] for i in used]
+      hyps = [tokenizer.decode(labels.tokens[i]) for i in used]
+      record = {
+          "method": "pate_" + method if method != "plurality" else "pate_noiseless",
+          "scenario": scenario, "target_epsilon": target, "delta": pcfg.delta,
+          "epsilon": eps_dep if pcfg.budget == "data_dependent" else eps_ind,
+          "epsilon_data_dependent": eps_dep, "epsilon_data_independent": eps_ind,
+          "accountant": ("none" if method == "plurality" else
+                         f"pate-rdp-{'data-dependent' if pcfg.budget == 'data_dependent' else 'data-independent'}"),
+          "unit": "speaker (one teacher per speaker-disjoint part; implies utterance)",
+          "queries_answered": answered, "queries_total": queries_total,
+          "utterances_released": int(count), "utterances_labeled": int(len(used)),
+          "public_utterances": len(roles.public),
+          "label_wer": wer_lib.word_error_rate(refs, hyps) if used.size else None,
+      }
+      if method in ("gnmax", "confident_gnmax") and count and pcfg.budget == "data_dependent":
+        record["released_epsilon"] = _release(pcfg, labels, released, costs, orders, method)
+      points.append((method, target, used, record))
+
+  # 5. Students, one per point with at least one labeled utterance.
+  trainable = [(m, t, used, r) for m, t, used, r in points if len(used) > 0]
+  if trainable:
+    def students():
+      members = [_label_split(roles.public, all_labels[m], used, tokenizer) for m, _, used, _ in trainable]
+      r = train("students", "students", members, 2)
+      return {"test_wer": test_wers(r)}
+    student_out = _train_or_load(os.path.join(workdir, "students", "done.json"), students)
+    for (m, t, used, record), w in zip(trainable, student_out["test_wer"]):
+      record["wer"] = w
+  for m, t, used, record in points:
+    record.setdefault("wer", 1.0)  # No labels: the student cannot be trained (treated as 100% WER).
+
+  # 6. DP-SGD at each finite target; the non-private floor stands for epsilon = inf.
+  def dpsgd():
+    targets = [float(t) for t in pcfg.target_epsilons]
+    r = dpsgd_train.train_dpsgd(config, os.path.join(workdir, "dpsgd"), model, roles.sensitive, targets,
+                                delta=pcfg.delta, progress=progress)
+    if r.preempted:
+      raise Preempted("dpsgd")
+    return {"test_wer": test_wers(r), "noise_multipliers": r.noise_multipliers, "epsilons": r.epsilons,
+            "sampling_probability": r.sampling_probability, "steps": r.steps, "train_seconds": r.train_seconds}
+
+  dp_out = _train_or_load(os.path.join(workdir, "dpsgd", "done.json"), dpsgd)
+  records = [r for _, _, _, r in points]
+  for target, w, sigma, eps in zip(pcfg.target_epsilons, dp_out["test_wer"], dp_out["noise_multipliers"],
+                                   dp_out["epsilons"]):
+    records.append({"method": "dpsgd", "scenario": scenario, "target_epsilon": float(target), "epsilon": eps,
+                    "delta": pcfg.delta, "wer": w, "unit": "utterance", "accountant": "rdp (Poisson subsampled Gaussian)",
+                    "queries_answered": None, "queries_total": None, "noise_multiplier": sigma,
+                    "sampling_probability": dp_out["sampling_probability"], "steps": dp_out["steps"]})
+  records.append({"method": "nonprivate", "scenario": scenario, "target_epsilon": math.inf, "epsilon": math.inf,
+                  "delta": 0.0, "wer": floor_out["test_wer"], "unit": "none", "accountant": "none",
+                  "queries_answered": None, "queries_total": None})
+  return records
+
+
+def _release(pcfg, labels, released, costs, orders, method) -> dict:
+  """GNSS release of the data-dependent cost at `pcfg.ss_order` (Papernot et al. 2018)."""
+  votes = np.concatenate([labels.votes[i] for i in released])
+  answered = np.concatenate([labels.answered[i] for i in released])
+  cfg_kwargs = dict(sigma=pcfg.gnmax_sigma) if method == "gnmax" else dict(
+      sigma=pcfg.confident_sigma, answered_mask=answered, threshold=pcfg.confident_threshold,
+      sigma_threshold=pcfg.confident_sigma_threshold)
+  ls = pate_accounting.total_local_sensitivity(votes, pcfg.num_teachers, pcfg.ss_order, **cfg_kwargs)
+  ss = pate_accounting.smooth_sensitivity(ls, pcfg.ss_beta)
+  k = int(np.argmin(np.abs(orders - pcfg.ss_order)))
+  rdp_dd = float(costs.dependent[released, k].sum())
+  r = pate_accounting.release_data_dependent_epsilon(rdp_dd, ss, pcfg.ss_beta, pcfg.ss_sigma, float(orders[k]),
+                                                     pcfg.delta, rng=int(pcfg.ss_seed))
+  return {"order": r.order, "smooth_sensitivity": ss, "noisy_epsilon_estimate": r.noisy_epsilon,
+          "release_epsilon": r.release_epsilon,
+          "note": "noisy_epsilon_estimate is a noisy estimate of the data-dependent cost (no worst-case "
+                  "guarantee); release_epsilon is the formal cost of publishing it; epsilon_data_independent "
+                  "is the worst-case guarantee of the labels."}
+
+
+def _fmt_eps(x):
+  return "inf" if x is None or (isinstance(x, float) and math.isinf(x)) else f"{x:.2f}"
+
+
+def table(records: list[dict]) -> str:
+  rows = ["method                      scenario    target  epsilon  (dd / di)          delta    WER     rel.red. vs DP-SGD  answered/total queries"]
+  dp = {(r["scenario"], r["target_epsilon"]): r["wer"] for r in records if r["method"] == "dpsgd"}
+  for r in records:
+    base = dp.get((r["scenario"], r["target_epsilon"]))
+    rel = "" if base is None or r["method"] in ("dpsgd", "nonprivate") or base == 0 else f"{100 * (base - r['wer']) / base:+.1f}%"
+    dd = "" if "epsilon_data_dependent" not in r else f"({_fmt_eps(r['epsilon_data_dependent'])} / {_fmt_eps(r['epsilon_data_independent'])})"
+    queries = "" if r["queries_total"] is None else f"{r['queries_answered']}/{r['queries_total']}"
+    rows.append(f"{METHOD_LABELS.get(r['method'].removeprefix('pate_'), r['method']):27s} {r['scenario']:10s} "
+                f"{_fmt_eps(r['target_epsilon']):>6s}  {_fmt_eps(r['epsilon']):>7s}  {dd:22s} {r['delta']:.0e}  "
+                f"{100 * r['wer']:6.2f}%  {rel:>18s}  {queries}")
+  return "\n".join(rows)
+
+
+def plot(records: list[dict], path: str) -> None:
+  scenarios = sorted({r["scenario"] for r in records})
+  fig, axes = plt.subplots(1, len(scenarios), figsize=(6.5 * len(scenarios), 4.5), squeeze=False)
+  for ax, scenario in zip(axes[0], scenarios):
+    rs = [r for r in records if r["scenario"] == scenario]
+    finite = sorted({r["target_epsilon"] for r in rs if not math.isinf(r["target_epsilon"])})
+    inf_x = (max(finite) * 2.5) if finite else 1.0
+    for method in ["dpsgd", "pate_lnmax", "pate_gnmax", "pate_confident_gnmax", "pate_noisy_average"]:
+      pts = sorted((r["target_epsilon"], r["wer"]) for r in rs if r["method"] == method)
+      if method.startswith("pate_"):
+        pts += [(math.inf, r["wer"]) for r in rs if r["method"] == "pate_noiseless"]
+      if not pts:
+        continue
+      xs = [inf_x if math.isinf(x) else x for x, _ in pts]
+      ax.plot(xs, [100 * w for _, w in pts], "o-", label=METHOD_LABELS[method.removeprefix("pate_")])
+    floor = [r["wer"] for r in rs if r["method"] == "nonprivate"]
+    if floor:
+      ax.axhline(100 * floor[0], color="k", ls="--", label="non-private")
+    ax.set_xscale("log")
+    ticks = finite + [inf_x]
+    ax.set_xticks(ticks, [f"{t:g}" for t in finite] + ["inf"])
+    ax.set(xlabel="target epsilon (delta fixed)", ylabel="test WER (%)", title=f"{scenario} scenario")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict | None:
+  validation.validate(config)
+  validation.validate_pate(config)
+  start = time.perf_counter()
+  os.makedirs(workdir, exist_ok=True)
+  tokenizer = CharTokenizer()
+  splits = data_lib.load_splits(config, tokenizer)
+  records = []
+  try:
+    for scenario in config.pate.scenarios:
+      records += run_scenario(config, os.path.join(workdir, scenario), splits, tokenizer, scenario)
+  except Preempted as e:
+    print(f"stopped by a signal during stage {e}; rerun the same command to resume")
+    return None
+  plot(records, os.path.join(workdir, "figures", "wer_vs_epsilon.png"))
+  results = {"records": records, "config": config.to_dict(), "wall_seconds_this_run": time.perf_counter() - start}
+  write_json(os.path.join(workdir, "results.json"), results)
+  print("\n" + table(records))
+  print("\nepsilon: what stopped labeling (config.pate.budget); dd = data-dependent (private value, released "
+        "with smooth sensitivity in results.json), di = data-independent (worst-case guarantee).")
+  print(f"results: {os.path.join(workdir, 'results.json')}\nfigure: {os.path.join(workdir, 'figures', 'wer_vs_epsilon.png')}")
+  return results

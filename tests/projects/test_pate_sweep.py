@@ -1,0 +1,70 @@
+"""Smoke test of the PATE sweep on the tiny corpus: every stage, output, ledger and resume."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CONFIG = os.path.join(REPO, "projects", "pate_asr", "configs", "pate_tiny.py")
+REQUIRED = {"method", "scenario", "target_epsilon", "epsilon", "delta", "wer", "unit", "accountant",
+            "queries_answered", "queries_total"}
+
+
+def _run(workdir, data_dir, cache):
+  env = dict(os.environ, TSML_DATA_DIR=data_dir, TSML_JAX_CACHE=cache, PYTHONUNBUFFERED="1")
+  env.pop("XLA_FLAGS", None)
+  return subprocess.run([sys.executable, "-m", "projects.pate_asr.main", f"--config={CONFIG}",
+                         f"--workdir={workdir}", "--config.progress=False"], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=600)
+
+
+def test_pate_sweep_end_to_end_and_resume(tiny_corpus_dir, tmp_path):
+  workdir, cache = str(tmp_path / "pate"), str(tmp_path / "cache")
+  start = time.time()
+  proc = _run(workdir, tiny_corpus_dir, cache)
+  first = time.time() - start
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  assert "PATE-GNMax" in proc.stdout and "DP-SGD" in proc.stdout
+  results = json.load(open(os.path.join(workdir, "results.json")))
+  records = results["records"]
+  for r in records:
+    assert REQUIRED <= set(r), set(REQUIRED) - set(r)
+  methods = {r["method"] for r in records}
+  assert methods == {"pate_noiseless", "pate_lnmax", "pate_gnmax", "pate_confident_gnmax",
+                     "pate_noisy_average", "dpsgd", "nonprivate"}
+  targets = [2.0, 10.0]
+  for r in records:
+    if r["method"].startswith("pate_") and r["method"] != "pate_noiseless":
+      assert r["target_epsilon"] in targets
+      assert r["epsilon"] <= r["target_epsilon"] + 1e-9  # the ledger stopped in time
+      assert r["epsilon_data_dependent"] <= r["epsilon_data_independent"] + 1e-9
+      assert 0 <= r["queries_answered"] <= r["queries_total"]
+      assert r["utterances_labeled"] <= r["utterances_released"] <= r["public_utterances"]
+    if r["method"] == "dpsgd":
+      assert r["epsilon"] <= r["target_epsilon"] + 1e-6 and r["unit"] == "utterance"
+      assert r["noise_multiplier"] > 0
+    assert 0.0 <= r["wer"] <= 5.0
+  # A larger budget never releases fewer answers.
+  for m in ("pate_lnmax", "pate_gnmax", "pate_confident_gnmax", "pate_noisy_average"):
+    by_target = {r["target_epsilon"]: r for r in records if r["method"] == m}
+    assert by_target[10.0]["queries_total"] >= by_target[2.0]["queries_total"]
+  noiseless = [r for r in records if r["method"] == "pate_noiseless"][0]
+  assert math.isinf(noiseless["epsilon"]) and noiseless["queries_answered"] == noiseless["queries_total"] > 0
+  scenario = os.path.join(workdir, "matched")
+  for stage in ("floor", "teachers", "dpsgd"):
+    assert os.path.exists(os.path.join(scenario, stage, "done.json")), stage
+  for m in ("plurality", "lnmax", "gnmax", "confident_gnmax", "noisy_average"):
+    labels = np.load(os.path.join(scenario, "labels", f"{m}.npz"))
+    assert labels["votes"].shape[1] == 29 and (labels["votes"].sum(1) == 3).all()  # 3 teachers vote
+  assert os.path.getsize(os.path.join(workdir, "figures", "wer_vs_epsilon.png")) > 10_000
+  # Rerun: every stage is reused, the records are the same.
+  start = time.time()
+  again = _run(workdir, tiny_corpus_dir, cache)
+  assert again.returncode == 0, again.stderr[-4000:]
+  assert json.load(open(os.path.join(workdir, "results.json")))["records"] == records
+  assert time.time() - start < first
