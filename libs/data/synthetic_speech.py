@@ -5,6 +5,8 @@ metadata on every example. Configs:
 
   * `digits`: connected digit strings, 40 training speakers; the quick task (about a
     minute to generate on 2 cores).
+  * `digits_large`: digits with 160 training speakers (6400 utterances), for the PATE
+    experiments, where every teacher needs enough speakers of its own.
   * `sentences`: assistant commands and questions over ~480 words, 60 training speakers.
   * `tiny`: a few speakers and utterances, for tests.
 
@@ -43,6 +45,10 @@ BUILDER_CONFIGS = (
         name="digits", description="Connected digit strings; the quick configuration.",
         spec=corpus.CorpusSpec(grammar="digits", train_speakers=40,
                                train_utterances_per_speaker=60, eval_utterances_per_speaker=25)),
+    SyntheticSpeechConfig(
+        name="digits_large", description="Digits with 160 training speakers, for PATE (teachers need data).",
+        spec=corpus.CorpusSpec(grammar="digits", train_speakers=160,
+                               train_utterances_per_speaker=40, eval_utterances_per_speaker=25)),
     SyntheticSpeechConfig(
         name="sentences", description="Voice-assistant commands and questions, ~480 words.",
         spec=corpus.CorpusSpec(grammar="sentences", train_speakers=60,

@@ -47,18 +47,35 @@ def subsampled_lengths(lengths):
   return ((lengths + 1) // 2 + 1) // 2
 
 
+def _patches_3x3_stride2(y):
+  """[B, T, F, C] -> [B, ceil(T/2), ceil(F/2), 9*C]: 3x3 windows at stride 2, zero padding 1.
+
+  Strided slices, not a convolution: what follows is a Dense layer, so a vmapped
+  ensemble of models turns it into one batched matmul (a vmapped convolution with
+  per-model kernels becomes a grouped convolution, which is slow on CPU), and ghost
+  clipping sees a plain Dense layer.
+  """
+  t, f = y.shape[1], y.shape[2]
+  t_out, f_out = (t + 1) // 2, (f + 1) // 2
+  padded = jnp.pad(y, ((0, 0), (1, 2 * t_out - t), (1, 2 * f_out - f), (0, 0)))
+  windows = [padded[:, i: i + 2 * t_out: 2, j: j + 2 * f_out: 2] for i in range(3) for j in range(3)]
+  return jnp.concatenate(windows, axis=-1)
+
+
 class ConvSubsampling(nn.Module):
-  """Two 3x3 stride-2 convolutions over (time, frequency): 4x fewer frames."""
+  """Two 3x3 stride-2 convolutions over (time, frequency) with ReLU: 4x fewer frames.
+
+  Each convolution is written as patch extraction followed by a Dense layer (the same
+  function as `nn.Conv` with padding 1; see `_patches_3x3_stride2` for why).
+  """
   channels: int
   out_dim: int
 
   @nn.compact
   def __call__(self, x, lengths):
     y = _mask(x, lengths)[..., None]  # [B, T, F, 1]; padding may hold anything.
-    for _ in range(2):
-      # Explicit symmetric padding: "SAME" would shift the frame grid for odd lengths, so an
-      # utterance would encode differently alone and padded in a batch.
-      y = nn.relu(nn.Conv(self.channels, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))(y))
+    for i in range(2):
+      y = nn.relu(nn.Dense(self.channels, name=f"conv_{i}")(_patches_3x3_stride2(y)))
       lengths = (lengths + 1) // 2
       y = _mask(y.reshape(y.shape[0], y.shape[1], -1), lengths).reshape(y.shape)
     y = y.reshape(y.shape[0], y.shape[1], -1)

@@ -120,6 +120,10 @@ def run_scenario(config, workdir: str, splits: data_lib.Splits, tokenizer: CharT
   roles = partition.split_roles(splits.train, scenario=scenario, public_fraction=pcfg.public_fraction,
                                 seed=config.seed, public_accents=tuple(pcfg.public_accents))
   parts = partition.speaker_partition(roles.sensitive, pcfg.num_teachers, seed=config.seed)
+  if pcfg.max_public_utterances and len(roles.public) > pcfg.max_public_utterances:
+    keep = np.random.default_rng((config.seed, 17)).choice(len(roles.public), pcfg.max_public_utterances,
+                                                           replace=False)
+    roles.public = roles.public.subset(np.sort(keep))
   model = asr.build_model(config.model, tokenizer.vocab_size)
   print(f"[{scenario}] sensitive: {len(roles.sensitive)} utterances of {len(roles.sensitive_speakers)} speakers "
         f"-> {pcfg.num_teachers} teachers; public: {len(roles.public)} utterances of "
@@ -213,16 +217,20 @@ def run_scenario(config, workdir: str, splits: data_lib.Splits, tokenizer: CharT
         record["released_epsilon"] = _release(pcfg, labels, released, costs, orders, method)
       points.append((method, target, used, record))
 
-  # 5. Students, one per point with at least one labeled utterance.
-  trainable = [(m, t, used, r) for m, t, used, r in points if len(used) > 0]
-  if trainable:
+  # 5. Students, one per distinct label set (same method and released utterances).
+  distinct = {}
+  for m, t, used, r in points:
+    if len(used) > 0:
+      distinct.setdefault((m, tuple(used.tolist())), len(distinct))
+  if distinct:
     def students():
-      members = [_label_split(roles.public, all_labels[m], used, tokenizer) for m, _, used, _ in trainable]
+      members = [_label_split(roles.public, all_labels[m], np.asarray(used), tokenizer) for m, used in distinct]
       r = train("students", "students", members, 2)
       return {"test_wer": test_wers(r)}
     student_out = _train_or_load(os.path.join(workdir, "students", "done.json"), students)
-    for (m, t, used, record), w in zip(trainable, student_out["test_wer"]):
-      record["wer"] = w
+    for m, t, used, record in points:
+      if len(used) > 0:
+        record["wer"] = student_out["test_wer"][distinct[(m, tuple(used.tolist()))]]
   for m, t, used, record in points:
     record.setdefault("wer", 1.0)  # No labels: the student cannot be trained (treated as 100% WER).
 

@@ -78,6 +78,8 @@ def validate_pate(config: ml_collections.ConfigDict) -> None:
   for method in p.methods:
     _require(method in PATE_METHODS, "pate.methods", f"must hold methods of {PATE_METHODS}", method)
   _positive_int(config, "pate.num_teachers")
+  _require(p.max_public_utterances >= 0, "pate.max_public_utterances", "must be >= 0 (0 means all)",
+           p.max_public_utterances)
   _positive_int(config, "pate.label_batch_size")
   _positive_int(config, "pate.max_symbols_per_frame")
   _require(0.0 < p.delta < 1.0, "pate.delta", "must be in (0, 1)", p.delta)

@@ -1,0 +1,110 @@
+"""PATE-ASR building blocks: data roles, speaker partition, the noisy ensemble labeler and
+the budget prefix."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from dp_accounting.rdp import rdp_privacy_accountant
+
+from libs.data import pipeline
+from projects.pate_asr import aggregation, asr, ensemble, partition, sweep
+from projects.pate_asr.configs import pate_tiny
+
+
+def _fake_split(speakers, accents, per_speaker=3):
+  n = len(speakers) * per_speaker
+  spk = np.repeat(speakers, per_speaker)
+  acc = np.repeat(accents, per_speaker)
+  return pipeline.SpeechSplit(
+      features=[np.zeros((20, 80), np.float32)] * n, labels=[np.array([3, 4], np.int32)] * n,
+      transcripts=["ab"] * n, utterance_ids=[f"u{i}" for i in range(n)],
+      metadata={"speaker_id": spk, "accent": acc})
+
+
+def test_roles_are_speaker_disjoint_and_follow_the_scenario():
+  speakers = np.arange(20)
+  accents = np.array(["a"] * 10 + ["b"] * 6 + ["c"] * 4)
+  split = _fake_split(speakers, accents)
+  roles = partition.split_roles(split, scenario="matched", public_fraction=0.25, seed=0)
+  assert not set(roles.sensitive_speakers) & set(roles.public_speakers)
+  assert sorted(roles.sensitive_speakers + roles.public_speakers) == list(range(20))
+  assert len(roles.sensitive) + len(roles.public) == len(split)
+  assert set(roles.public.metadata["speaker_id"]) == set(roles.public_speakers)
+  mismatched = partition.split_roles(split, scenario="mismatched", public_fraction=0.25, seed=0,
+                                     public_accents=("c",))
+  assert set(mismatched.public.metadata["accent"]) == {"c"}
+  assert "c" not in set(mismatched.sensitive.metadata["accent"])
+  with pytest.raises(ValueError, match="config.pate.public_accents"):
+    partition.split_roles(split, scenario="mismatched", public_fraction=0.25, seed=0, public_accents=("zz",))
+
+
+def test_speaker_partition_puts_every_speaker_in_exactly_one_part():
+  rng = np.random.default_rng(0)
+  speakers = np.arange(30)
+  split = _fake_split(speakers, np.array(["a"] * 30), per_speaker=1)
+  split = split.subset(np.repeat(np.arange(30), rng.integers(1, 6, 30)))  # unequal speaker sizes
+  parts = partition.speaker_partition(split, 7, seed=0)
+  owner = {}
+  for p, idx in enumerate(parts):
+    for s in split.metadata["speaker_id"][idx]:
+      assert owner.setdefault(int(s), p) == p  # a speaker never spans two parts
+  assert len(owner) == 30 and sorted(np.concatenate(parts).tolist()) == list(range(len(split)))
+  sizes = [len(p) for p in parts]
+  assert max(sizes) - min(sizes) <= 5  # balanced up to one speaker's data
+  with pytest.raises(ValueError, match="num_teachers"):
+    partition.speaker_partition(split, 31, seed=0)
+
+
+@pytest.fixture(scope="module")
+def tiny_teachers():
+  model = asr.build_model(pate_tiny.get_config().model, 29)
+  params = ensemble.init_stacked(model, jax.random.key(0), 3)
+  params = jax.tree.map(lambda p: p * 2.0, params)  # so the untrained teachers emit labels
+  rng = np.random.default_rng(0)
+  feats = jnp.asarray(rng.standard_normal((4, 40, 80)), jnp.float32)
+  return model, params, feats, jnp.array([40, 33, 20, 9])
+
+
+def test_noiseless_labeler_with_one_teacher_is_greedy_decoding(tiny_teachers):
+  model, params, feats, lens = tiny_teachers
+  one = jax.tree.map(lambda p: p[:1], params)
+  labeler = aggregation.make_labeler(model, aggregation.AggregatorConfig("plurality"), max_symbols_per_frame=4)
+  out = jax.device_get(labeler(one, feats, lens, jax.random.key(0)))
+  ids, counts = jax.device_get(ensemble.make_ensemble_decode(model)(one, feats, lens))
+  assert (out["counts"] == counts[0]).all() and out["counts"].sum() > 0
+  for b in range(4):
+    assert (out["tokens"][b, : counts[0, b]] == ids[0, b, : counts[0, b]]).all()
+    # One query per frame advance plus one per emitted label (no forced advances here).
+    assert out["num_queries"][b] >= counts[0, b]
+
+
+def test_every_query_holds_one_vote_per_teacher(tiny_teachers):
+  model, params, feats, lens = tiny_teachers
+  for cfg in (aggregation.AggregatorConfig("gnmax", sigma=0.5),
+              aggregation.AggregatorConfig("confident_gnmax", sigma=0.5, threshold=2.5, sigma_threshold=0.5)):
+    out = jax.device_get(aggregation.make_labeler(model, cfg, max_symbols_per_frame=3)(
+        params, feats, lens, jax.random.key(1)))
+    for b in range(4):
+      q = out["num_queries"][b]
+      assert (out["votes"][b, :q].sum(-1) == 3).all() and (out["votes"][b, q:] == 0).all()
+      if cfg.name == "gnmax":
+        assert out["labeled"][b] and out["answered"][b, :q].all()
+      elif not out["labeled"][b]:
+        assert not out["answered"][b, q - 1]  # stopped at the first unanswered step
+
+
+def test_released_prefix_stops_before_the_target():
+  orders = np.array([2.0, 4.0, 8.0, 16.0])
+  rng = np.random.default_rng(0)
+  costs = rng.uniform(0.0, 0.05, (50, 4)) * orders
+  for target in (0.5, 2.0, 5.0):
+    count, total = sweep.released_prefix(costs, orders, target, 1e-5)
+    eps = lambda rdp: rdp_privacy_accountant.compute_epsilon(orders, rdp, 1e-5)[0]
+    assert eps(costs[:count].sum(0)) <= target
+    if count < 50:
+      assert eps(costs[: count + 1].sum(0)) > target  # the next utterance would pass it
+    np.testing.assert_allclose(total, costs[:count].sum(0))
+  assert sweep.released_prefix(costs, orders, math.inf, 1e-5)[0] == 50
