@@ -81,7 +81,7 @@ def _member_sharding(mesh, num_members):
 
 def train_ensemble(tcfg: ml_collections.ConfigDict, workdir: str, model,
                    member_splits: Sequence[pipeline.SpeechSplit], *, seed: int, desc: str,
-                   progress: bool = True) -> EnsembleResult:
+                   progress: bool = True, shared_init: bool = False) -> EnsembleResult:
   """Trains one model per split, all in one vmapped step; resumes from `workdir`.
 
   Args:
@@ -92,6 +92,8 @@ def train_ensemble(tcfg: ml_collections.ConfigDict, workdir: str, model,
     member_splits: the data of each member (none may be empty).
     seed: seeds initialization, batch order and dropout/SpecAugment streams.
     desc: progress-bar label.
+    shared_init: start every member from the same parameters (PATE teachers: their
+      transducer alignments, hence their per-frame votes, then agree more often).
   """
   if any(len(s) == 0 for s in member_splits):
     raise ValueError("every ensemble member needs at least one utterance")
@@ -102,7 +104,9 @@ def train_ensemble(tcfg: ml_collections.ConfigDict, workdir: str, model,
   optimizer = asr.make_optimizer(tcfg)
   loss_fn = asr.make_loss_fn(model, asr.spec_augment_config(tcfg))
   init_key, train_key = jax.random.split(jax.random.fold_in(jax.random.key(seed), 1))
-  params = init_stacked(model, init_key, num, member_splits[0].features[0].shape[1])
+  params = init_stacked(model, init_key, 1 if shared_init else num, member_splits[0].features[0].shape[1])
+  if shared_init:
+    params = jax.tree.map(lambda p: jnp.repeat(p, num, axis=0), params)
   state = jax.vmap(lambda p: TrainState.create(p, optimizer))(params)
   state = jax.device_put(state, sharding)
   ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), save_every=tcfg.checkpoint_every)

@@ -129,9 +129,10 @@ def run_scenario(config, workdir: str, splits: data_lib.Splits, tokenizer: CharT
         f"-> {pcfg.num_teachers} teachers; public: {len(roles.public)} utterances of "
         f"{len(roles.public_speakers)} speakers; test: {len(splits.test)}")
 
-  def train(section, name, member_splits, seed_offset):
+  def train(section, name, member_splits, seed_offset, shared_init=False):
     result = ensemble.train_ensemble(config[section], os.path.join(workdir, name), model, member_splits,
-                                     seed=config.seed + seed_offset, desc=f"{scenario}/{name}", progress=progress)
+                                     seed=config.seed + seed_offset, desc=f"{scenario}/{name}", progress=progress,
+                                     shared_init=shared_init)
     if result.preempted:
       raise Preempted(name)
     return result
@@ -151,7 +152,8 @@ def run_scenario(config, workdir: str, splits: data_lib.Splits, tokenizer: CharT
 
   # 2. Teachers.
   t = time.perf_counter()
-  teachers = train("teachers", "teachers", [roles.sensitive.subset(p) for p in parts], 1)
+  teachers = train("teachers", "teachers", [roles.sensitive.subset(p) for p in parts], 1,
+                   shared_init=pcfg.shared_teacher_init)
   teacher_info = _train_or_load(os.path.join(workdir, "teachers", "done.json"), lambda: {
       "dev_wer": [r.wer for r in ensemble.evaluate_ensemble(model, teachers.params, splits.dev, tokenizer,
                                                             batch_size=config.eval.batch_size)],

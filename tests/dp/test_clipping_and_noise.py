@@ -229,3 +229,23 @@ def test_ghost_clipping_covers_the_transducer_and_equals_vmap():
   assert float(vm_norms[0]) > 20.0  # the clip is active for some examples
   for a, b in zip(jax.tree.leaves(gh), jax.tree.leaves(vm)):
     np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
+
+
+def test_ghost_clipping_covers_conv_layers():
+  class CNN(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      x = nn.relu(nn.Conv(4, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))(x))
+      x = nn.relu(nn.Conv(3, (3,), padding="SAME")(x.reshape(x.shape[0], -1, 4)))
+      return nn.Dense(2)(x.reshape(x.shape[0], -1))
+
+  model = CNN()
+  x = jax.random.normal(jax.random.key(0), (3, 9, 6, 2))
+  params = model.init(jax.random.key(1), x)["params"]
+  per_example = lambda p, x: jnp.sum(model.apply({"params": p}, x) ** 2, axis=-1)
+  vm, n1 = clipping.clipped_grad(lambda p, x: jnp.sum(per_example(p, x)), l2_clip_norm=1.0,
+                                 return_norms=True)(params, x)
+  gh, n2 = ghost.ghost_clipped_grad(per_example, l2_clip_norm=1.0, return_norms=True)(params, x)
+  np.testing.assert_allclose(n2, n1, rtol=1e-4)
+  for a, b in zip(jax.tree.leaves(gh), jax.tree.leaves(vm)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)

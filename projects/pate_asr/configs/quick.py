@@ -49,6 +49,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.pate.max_public_utterances = 640  # Labeling budget in utterances (0: all).
   config.pate.public_accents = ("en-GB-x-gbclan", "en-GB-x-gbcwmd", "en-029")  # mismatched
   config.pate.num_teachers = 8
+  # Teachers vote frame by frame; the same initialization keeps their alignments (when
+  # they emit a label vs. blank) closer, so they agree on more steps.
+  config.pate.shared_teacher_init = True
   config.pate.methods = ("lnmax", "gnmax", "confident_gnmax", "noisy_average")
   config.pate.target_epsilons = (1.0, 2.0, 5.0, 10.0)
   config.pate.delta = 1e-5
