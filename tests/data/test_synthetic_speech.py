@@ -115,3 +115,15 @@ def test_splits_larger_than_the_tfds_memory_buffer_build_without_tensorflow(tmp_
   assert sum(len(e["audio"]) for e in source) * 2 > 50_000  # really exceeded the buffer
   ids = sorted(e["utterance_id"] for e in source)
   assert len(set(ids)) == 28
+
+
+def test_constructing_a_builder_leaves_no_temporary_directories(tmp_path, monkeypatch):
+  """TFDS makes an empty temp dir per builder construction to fetch GCS metadata; the
+  shim skips that while GCS is disabled (thousands were left in /tmp otherwise)."""
+  import tempfile  # pylint: disable=import-outside-toplevel
+  scratch = tmp_path / "tmp"
+  scratch.mkdir()
+  monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+  for i in range(3):
+    synthetic_speech.SyntheticSpeech(config="tiny", data_dir=str(tmp_path / f"data{i}"))
+  assert list(scratch.iterdir()) == []
