@@ -6,7 +6,8 @@
     clipping, which covers its Conv, LSTM, Embed, LayerNorm and Dense layers);
 (b) a small Transformer LM (vmap, and ghost clipping, which covers all its layers).
 A DP step = sum of clipped per-example gradients + Gaussian noise + optimizer update; a
-non-private step = gradient of the mean loss + the same optimizer update. Memory is XLA's
+non-private step = gradient of the mean loss + the same optimizer update. The three
+steps of a model are timed round-robin (load changes hit all alike). Memory is XLA's
 compiled peak (arguments + outputs + temporaries) of each step.
 
 Last lines: dpsgd_time_ratio_asr, dpsgd_memory_ratio_asr, dpsgd_time_ratio_lm,
@@ -31,20 +32,27 @@ from projects.pate_asr import asr
 from projects.pate_asr.configs import nonprivate
 
 
-def _measure(step, state, batch, runs):
-  state = jax.tree.map(jnp.copy, state)  # The step donates its state; keep the caller's.
-  compiled = jax.jit(step, donate_argnums=0).lower(state, batch).compile()
-  mem = compiled.memory_analysis()
-  peak = mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
-  state = compiled(state, batch)  # warm-up
-  jax.block_until_ready(state)
-  times = []
-  for _ in range(runs):
-    start = time.perf_counter()
-    state = compiled(state, batch)
+def _measure(cases, batch, runs):
+  """Compiles each (step, state) and times them round-robin, so that a change in machine
+  load between cases cannot skew their ratio; returns [(median seconds, peak bytes)]."""
+  compiled, states, peaks = [], [], []
+  for step, state in cases:
+    state = jax.tree.map(jnp.copy, state)  # The step donates its state; keep the caller's.
+    fn = jax.jit(step, donate_argnums=0).lower(state, batch).compile()
+    mem = fn.memory_analysis()
+    peaks.append(mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes)
+    state = fn(state, batch)  # warm-up
     jax.block_until_ready(state)
-    times.append(time.perf_counter() - start)
-  return statistics.median(times), peak
+    compiled.append(fn)
+    states.append(state)
+  times = [[] for _ in cases]
+  for _ in range(runs):
+    for i, fn in enumerate(compiled):
+      start = time.perf_counter()
+      states[i] = fn(states[i], batch)
+      jax.block_until_ready(states[i])
+      times[i].append(time.perf_counter() - start)
+  return [(statistics.median(t), p) for t, p in zip(times, peaks)]
 
 
 def _steps(mean_loss, clipped_fn, optimizer, batch_size):
@@ -89,9 +97,9 @@ def asr_case(runs):
   plain, private, dp_opt = _steps(mean_loss, clipped, optimizer, b)
   per_example = lambda params, batch: asr.per_example_nll(model, params, batch, None, train=False)
   _, private_ghost, _ = _steps(mean_loss, ghost.ghost_clipped_grad(per_example, l2_clip_norm=1.0), optimizer, b)
-  t0, m0 = _measure(plain, (params, optimizer.init(params)), (batch,), runs)
-  t1, m1 = _measure(private, (params, dp_opt.init(params)), (batch,), runs)
-  t2, m2 = _measure(private_ghost, (params, dp_opt.init(params)), (batch,), runs)
+  (t0, m0), (t1, m1), (t2, m2) = _measure(
+      [(plain, (params, optimizer.init(params))), (private, (params, dp_opt.init(params))),
+       (private_ghost, (params, dp_opt.init(params)))], (batch,), runs)
   print(f"ASR transducer ({sum(x.size for x in jax.tree.leaves(params)) / 1e6:.2f} M params, B={b}, T={t}, U={u}): "
         f"non-private {1e3 * t0:.0f} ms, {m0 / 2**20:.0f} MiB; DP-SGD vmap {1e3 * t1:.0f} ms, {m1 / 2**20:.0f} MiB; "
         f"ghost {1e3 * t2:.0f} ms, {m2 / 2**20:.0f} MiB")
@@ -109,9 +117,9 @@ def lm_case(runs):
   optimizer = optax.adam(1e-3)
   plain, private, dp_opt = _steps(mean_loss, clipping.clipped_grad(mean_loss, l2_clip_norm=1.0), optimizer, b)
   _, private_ghost, _ = _steps(mean_loss, ghost.ghost_clipped_grad(per_example, l2_clip_norm=1.0), optimizer, b)
-  t0, m0 = _measure(plain, (params, optimizer.init(params)), (tokens,), runs)
-  t1, m1 = _measure(private, (params, dp_opt.init(params)), (tokens,), runs)
-  t2, m2 = _measure(private_ghost, (params, dp_opt.init(params)), (tokens,), runs)
+  (t0, m0), (t1, m1), (t2, m2) = _measure(
+      [(plain, (params, optimizer.init(params))), (private, (params, dp_opt.init(params))),
+       (private_ghost, (params, dp_opt.init(params)))], (tokens,), runs)
   print(f"Transformer LM ({sum(x.size for x in jax.tree.leaves(params)) / 1e6:.2f} M params, B={b}, T={cfg.max_len}): "
         f"non-private {1e3 * t0:.1f} ms, {m0 / 2**20:.0f} MiB; vmap {1e3 * t1:.1f} ms, {m1 / 2**20:.0f} MiB; "
         f"ghost {1e3 * t2:.1f} ms, {m2 / 2**20:.0f} MiB")

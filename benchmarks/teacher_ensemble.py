@@ -1,7 +1,7 @@
 """The PATE teachers' training step: one jitted, vmapped step over K stacked teachers
 against K sequential single-teacher steps, same model, same per-teacher batches.
 
-  python benchmarks/teacher_ensemble.py [--teachers 16] [--batch 8] [--runs 5]
+  python benchmarks/teacher_ensemble.py [--teachers K (default: the quick config's, 8)] [--batch B (default: 16)] [--runs 5]
 
 Last line: ensemble_speedup = sequential time / vmapped time.
 """
@@ -37,27 +37,31 @@ def _batches(num, batch, frames=176, labels=40, seed=0):
   return out
 
 
-def _median(fn, runs):
-  jax.block_until_ready(fn())  # compile / warm up
-  times = []
+def _medians(fns, runs):
+  """Times the functions round-robin (a load change hits all alike); median seconds each."""
+  for fn in fns:
+    jax.block_until_ready(fn())  # compile / warm up
+  times = [[] for _ in fns]
   for _ in range(runs):
-    start = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
+    for i, fn in enumerate(fns):
+      start = time.perf_counter()
+      jax.block_until_ready(fn())
+      times[i].append(time.perf_counter() - start)
+  return [statistics.median(t) for t in times]
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--teachers", type=int, default=16)
-  parser.add_argument("--batch", type=int, default=8)
+  parser.add_argument("--teachers", type=int, default=0, help="0: the quick config's num_teachers")
+  parser.add_argument("--batch", type=int, default=0, help="0: the quick config's teacher batch size")
   parser.add_argument("--runs", type=int, default=5)
   args = parser.parse_args()
   config = quick.get_config()
   model = asr.build_model(config.model, CharTokenizer().vocab_size)
   optimizer = asr.make_optimizer(config.teachers)
   step = steps_lib.make_train_step(asr.make_loss_fn(model, asr.spec_augment_config(config.teachers)), optimizer)
-  k = args.teachers
+  k = args.teachers or config.pate.num_teachers
+  args.batch = args.batch or config.teachers.batch_size
   params = ensemble.init_stacked(model, jax.random.key(0), k)
   batches = _batches(k, args.batch)
   keys = jax.random.split(jax.random.key(1), k)
@@ -65,12 +69,12 @@ def main():
   stacked_state = jax.vmap(lambda p: TrainState.create(p, optimizer))(params)
   stacked_batch = jax.device_put(ensemble.stack_batches(batches))
   vmapped = jax.jit(jax.vmap(step))
-  t_vmap = _median(lambda: vmapped(stacked_state, stacked_batch, keys), args.runs)
 
   single = jax.jit(step)
   states = [TrainState.create(jax.tree.map(lambda x: x[i], params), optimizer) for i in range(k)]
   device_batches = [jax.device_put(b) for b in batches]
-  t_seq = _median(lambda: [single(states[i], device_batches[i], keys[i]) for i in range(k)], args.runs)
+  t_vmap, t_seq = _medians([lambda: vmapped(stacked_state, stacked_batch, keys),
+                            lambda: [single(states[i], device_batches[i], keys[i]) for i in range(k)]], args.runs)
   print(f"backend: {jax.default_backend()}; {k} teachers x batch {args.batch}, "
         f"{sum(x.size for x in jax.tree.leaves(params)) // k} parameters each")
   print(f"vmapped ensemble step: {1e3 * t_vmap:.0f} ms; {k} sequential single-teacher steps: {1e3 * t_seq:.0f} ms")
