@@ -22,6 +22,10 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 
+class CheckpointMismatch(ValueError):
+  """A workdir's checkpoint has a different structure than the state being resumed."""
+
+
 class Checkpointer:
   """An orbax `CheckpointManager` over one pytree (the whole training state)."""
 
@@ -42,7 +46,15 @@ class Checkpointer:
     if step is None:
       return state
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-    return self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
+    try:
+      return self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
+    except ValueError as e:
+      # Orbax lists every mismatching leaf (hundreds of lines); keep the first few.
+      detail = "\n".join(str(e).splitlines()[:8])
+      raise CheckpointMismatch(
+          f"the checkpoint at {self.directory} (step {step}) does not fit this run's state: it was "
+          f"written by a different model or config (or code version). Use a new --workdir, or "
+          f"delete {self.directory} to start over. Orbax says:\n{detail}") from None
 
   def maybe_save(self, state: Any, *, force: bool = False) -> bool:
     # Stacked ensembles carry one (equal) step per member.

@@ -35,6 +35,20 @@ def test_checkpointer_saves_every_n_and_restores(tmp_path):
   again.close()
 
 
+def test_resuming_a_different_model_names_the_checkpoint_and_keeps_it(tmp_path):
+  import pytest  # pylint: disable=import-outside-toplevel
+  opt = optax.adam(1e-2)
+  ckpt = checkpoint.Checkpointer(str(tmp_path / "ckpt"), save_every=1)
+  ckpt.maybe_save(TrainState.create({"w": jnp.arange(3.0)}, opt).apply_gradients({"w": jnp.ones(3)}, opt))
+  ckpt.close()
+  other = checkpoint.Checkpointer(str(tmp_path / "ckpt"), save_every=1)
+  with pytest.raises(checkpoint.CheckpointMismatch, match="ckpt .step 1. does not fit") as info:
+    other.restore_or(TrainState.create({"v": jnp.zeros(3)}, opt))
+  assert len(str(info.value).splitlines()) < 15  # a readable message, not orbax's full tree diff
+  assert other.latest_step() == 1  # nothing was deleted
+  other.close()
+
+
 def test_preemption_guard_turns_sigterm_into_a_flag():
   with checkpoint.PreemptionGuard() as guard:
     assert not guard.stop_requested
