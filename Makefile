@@ -23,7 +23,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q -n 2 --dist loadfile --durations=10
 
 bench: $(STAMP)
-	$(PY) benchmarks/asr_train.py
+	set -e; for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b; done
 
 clean:
 	rm -rf $(VENV) workdirs
