@@ -26,6 +26,9 @@ def test_config_builds_and_validates(path):
   assert config.mode
   if "pate_asr" in path:
     validation.validate(config)
+  if "fedlearn" in path:
+    from projects.fedlearn import simulation  # pylint: disable=import-outside-toplevel
+    assert simulation.sub_runs(config)  # every sub-run merges and validates
   assert "python -m projects." in open(path).read()  # the docstring holds the command
 
 
