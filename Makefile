@@ -10,8 +10,8 @@ CONFIG ?= projects/pate_asr/configs/nonprivate.py
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test,bench]'
+	# --no-compile: modules are byte-compiled on first import instead (saves ~25 s here).
+	$(PY) -m pip install --quiet --no-compile --disable-pip-version-check -e '.[test,bench]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -64,20 +64,38 @@ class AggregatorConfig:
         raise ValueError(f"{self.name} needs {field} > 0, got {getattr(self, field)}")
 
 
-def _aggregate(cfg: AggregatorConfig, votes, probs, key):
-  """votes [B, V] counts, probs [K, B, V] -> (symbol [B], answered [B])."""
+def _aggregate(hyper, votes, probs, key):
+  """hyper: [method index into AGGREGATORS, sigma, scale, threshold, sigma_threshold]
+  (traced, so one compiled labeler serves every aggregator); votes [B, V] counts,
+  probs [K, B, V] -> (symbol [B], answered [B])."""
   answered = jnp.ones(votes.shape[0], bool)
-  if cfg.name == "plurality":
+  sigma, scale, threshold, sigma_threshold = hyper[1], hyper[2], hyper[3], hyper[4]
+
+  def lnmax():
+    return agg_lib.lnmax(votes, key, scale=scale).astype(jnp.int32), answered
+
+  def gnmax():
+    return agg_lib.gnmax(votes, key, sigma=sigma).astype(jnp.int32), answered
+
+  def confident():
+    symbol, ok = agg_lib.confident_gnmax(votes, key, threshold=threshold, sigma_threshold=sigma_threshold,
+                                         sigma=sigma)
+    return symbol.astype(jnp.int32), ok
+
+  def noisy_average():
+    return agg_lib.noisy_average(probs, key, sigma=sigma)[1].astype(jnp.int32), answered
+
+  def plurality():
     return jnp.argmax(votes, axis=-1).astype(jnp.int32), answered
-  if cfg.name == "lnmax":
-    return agg_lib.lnmax(votes, key, scale=cfg.scale), answered
-  if cfg.name == "gnmax":
-    return agg_lib.gnmax(votes, key, sigma=cfg.sigma), answered
-  if cfg.name == "confident_gnmax":
-    return agg_lib.confident_gnmax(votes, key, threshold=cfg.threshold, sigma_threshold=cfg.sigma_threshold,
-                                   sigma=cfg.sigma)
-  _, symbol = agg_lib.noisy_average(probs, key, sigma=cfg.sigma)
-  return symbol.astype(jnp.int32), answered
+
+  branches = {"lnmax": lnmax, "gnmax": gnmax, "confident_gnmax": confident, "noisy_average": noisy_average,
+              "plurality": plurality}
+  return jax.lax.switch(hyper[0].astype(jnp.int32), [branches[name] for name in AGGREGATORS])
+
+
+def _hyper(cfg: AggregatorConfig) -> jax.Array:
+  return jnp.array([AGGREGATORS.index(cfg.name), cfg.sigma, cfg.scale, cfg.threshold, cfg.sigma_threshold],
+                   jnp.float32)
 
 
 def make_labeler(model: transducer_lib.Transducer, cfg: AggregatorConfig, *, max_symbols_per_frame: int):
@@ -86,14 +104,32 @@ def make_labeler(model: transducer_lib.Transducer, cfg: AggregatorConfig, *, max
   Returns `fn(teacher_params [K, ...], features, lengths, key)` -> dict of
     tokens [B, L], counts [B], labeled [B] (every step answered), num_queries [B],
     votes [B, Q, V] int32 (vote histogram of each query), answered [B, Q].
+  The aggregator and its parameters are arguments of one compiled program shared by
+  every labeler of the same model, so labeling with all five aggregators compiles once.
   """
+  hyper = _hyper(cfg)
+  decode = _compiled_decode(model, max_symbols_per_frame)
+  return lambda params, feats, lens, key: decode(params, feats, lens, key, hyper)
+
+
+_DECODERS: dict = {}
+
+
+def _compiled_decode(model: transducer_lib.Transducer, max_symbols_per_frame: int):
+  cache_key = (model, max_symbols_per_frame)
+  if cache_key not in _DECODERS:
+    _DECODERS[cache_key] = _build_decode(model, max_symbols_per_frame)
+  return _DECODERS[cache_key]
+
+
+def _build_decode(model: transducer_lib.Transducer, max_symbols_per_frame: int):
   blank = model.config.blank_id
   vocab = model.config.vocab_size
 
   def apply(params, *args, method):
     return model.apply({"params": params}, *args, method=method)
 
-  def fn(params, feats, lens, key):
+  def fn(params, feats, lens, key, hyper):
     encode = jax.vmap(lambda p: apply(p, feats, lens, method=transducer_lib.Transducer.encode))
     enc, enc_lens = encode(params)
     enc_lens = enc_lens[0]
@@ -127,7 +163,8 @@ def make_labeler(model: transducer_lib.Transducer, cfg: AggregatorConfig, *, max
       logits = joint(params, e, s["pred"])  # [K, B, V]
       proposals = jnp.argmax(logits, axis=-1)
       votes = jnp.sum(jax.nn.one_hot(proposals, vocab, dtype=jnp.int32), axis=0)  # [B, V]
-      symbol, answered = _aggregate(cfg, votes, jax.nn.softmax(logits, axis=-1), jax.random.fold_in(key, s["it"]))
+      symbol, answered = _aggregate(hyper, votes, jax.nn.softmax(logits, axis=-1),
+                                    jax.random.fold_in(key, s["it"]))
       answered = answered & querying
       unanswered = querying & ~answered
       emit = answered & (symbol != blank)
