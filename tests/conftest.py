@@ -29,3 +29,21 @@ def tiny_builder(tiny_corpus_dir):
   from libs.data import pipeline  # pylint: disable=import-outside-toplevel
   return pipeline.prepare_synthetic("tiny", tiny_corpus_dir)
 
+
+
+# The slowest files (end-to-end runs, big compiles) go first: `make test` hands files to its
+# xdist workers in collection order, and a long file started last becomes the run's tail.
+_SLOW_FIRST = (
+    "tests/projects/test_pate_sweep.py",
+    "tests/projects/test_pate_asr_main.py",
+    "tests/projects/test_fedlearn_main.py",
+    "tests/dp/test_clipping_and_noise.py",
+    "tests/train/test_data_parallel.py",
+)
+
+
+def pytest_collection_modifyitems(items):
+  def rank(item):
+    path = item.nodeid.split("::")[0]
+    return _SLOW_FIRST.index(path) if path in _SLOW_FIRST else len(_SLOW_FIRST)
+  items.sort(key=rank)  # stable: the order within a file is kept
