@@ -173,7 +173,8 @@ def run_scenario(config, workdir: str, splits: data_lib.Splits, tokenizer: CharT
       all_labels[method] = aggregation.Labels.load(path)
       continue
     labeler = aggregation.make_labeler(model, aggregator_config(pcfg, method),
-                                       max_symbols_per_frame=pcfg.max_symbols_per_frame)
+                                       max_symbols_per_frame=pcfg.max_symbols_per_frame,
+                                       decode=pcfg.get("decode", "label_sync"))
     labels = aggregation.label_split(labeler, teachers.params, roles.public, jax.random.fold_in(label_key, m),
                                      batch_size=pcfg.label_batch_size, progress=progress,
                                      desc=f"{scenario}/labels/{method}")

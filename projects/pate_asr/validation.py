@@ -82,6 +82,8 @@ def validate_pate(config: ml_collections.ConfigDict) -> None:
            p.max_public_utterances)
   _positive_int(config, "pate.label_batch_size")
   _positive_int(config, "pate.max_symbols_per_frame")
+  decode = p.get("decode", "label_sync")
+  _require(decode in ("label_sync", "frame_sync"), "pate.decode", "must be 'label_sync' or 'frame_sync'", decode)
   _require(0.0 < p.delta < 1.0, "pate.delta", "must be in (0, 1)", p.delta)
   _require(len(p.target_epsilons) > 0 and all(e > 0 for e in p.target_epsilons), "pate.target_epsilons",
            "must be positive numbers", tuple(p.target_epsilons))

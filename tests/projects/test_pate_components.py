@@ -68,24 +68,55 @@ def tiny_teachers():
   return model, params, feats, jnp.array([40, 33, 20, 9])
 
 
-def test_noiseless_labeler_with_one_teacher_is_greedy_decoding(tiny_teachers):
+@pytest.mark.parametrize("decode", aggregation.DECODES)
+def test_noiseless_labeler_with_one_teacher_is_greedy_decoding(tiny_teachers, decode):
   model, params, feats, lens = tiny_teachers
   one = jax.tree.map(lambda p: p[:1], params)
-  labeler = aggregation.make_labeler(model, aggregation.AggregatorConfig("plurality"), max_symbols_per_frame=4)
+  labeler = aggregation.make_labeler(model, aggregation.AggregatorConfig("plurality"), max_symbols_per_frame=4,
+                                     decode=decode)
   out = jax.device_get(labeler(one, feats, lens, jax.random.key(0)))
   ids, counts = jax.device_get(ensemble.make_ensemble_decode(model)(one, feats, lens))
   assert (out["counts"] == counts[0]).all() and out["counts"].sum() > 0
+  capacity = 4 * ((feats.shape[1] + 3) // 4)  # padded 4x-subsampled frames * max symbols per frame
   for b in range(4):
     assert (out["tokens"][b, : counts[0, b]] == ids[0, b, : counts[0, b]]).all()
-    # One query per frame advance plus one per emitted label (no forced advances here).
-    assert out["num_queries"][b] >= counts[0, b]
+    if decode == "frame_sync":
+      # One query per frame advance plus one per emitted label (no forced advances here).
+      assert out["num_queries"][b] >= counts[0, b]
+    else:
+      # One query per label, plus the final "end" unless the label buffer filled up.
+      assert out["num_queries"][b] == counts[0, b] + (counts[0, b] < capacity)
 
 
-def test_every_query_holds_one_vote_per_teacher(tiny_teachers):
+def test_label_sync_majority_decodes_like_the_majority_teacher(tiny_teachers):
+  """Three copies of teacher A and one other teacher: plurality releases A's own greedy
+  transcript, and in every query A's three votes sit on the released symbol."""
+  model, params, feats, lens = tiny_teachers
+  four = jax.tree.map(lambda p: jnp.stack([p[0], p[0], p[0], p[1]]), params)
+  out = jax.device_get(aggregation.make_labeler(model, aggregation.AggregatorConfig("plurality"),
+                                                max_symbols_per_frame=4)(four, feats, lens, jax.random.key(0)))
+  ids, counts = jax.device_get(ensemble.make_ensemble_decode(model)(jax.tree.map(lambda p: p[:1], params),
+                                                                    feats, lens))
+  assert (out["counts"] == counts[0]).all()
+  for b in range(4):
+    assert (out["tokens"][b, : counts[0, b]] == ids[0, b, : counts[0, b]]).all()
+    q = out["num_queries"][b]
+    released = list(ids[0, b, : counts[0, b]]) + [0] * (q - counts[0, b])  # then "end" (blank)
+    assert all(out["votes"][b, i, released[i]] >= 3 for i in range(q))
+
+
+def test_unknown_decode_is_rejected(tiny_teachers):
+  with pytest.raises(ValueError, match="decode"):
+    aggregation.make_labeler(tiny_teachers[0], aggregation.AggregatorConfig("plurality"), max_symbols_per_frame=4,
+                             decode="beam")
+
+
+@pytest.mark.parametrize("decode", aggregation.DECODES)
+def test_every_query_holds_one_vote_per_teacher(tiny_teachers, decode):
   model, params, feats, lens = tiny_teachers
   for cfg in (aggregation.AggregatorConfig("gnmax", sigma=0.5),
               aggregation.AggregatorConfig("confident_gnmax", sigma=0.5, threshold=2.5, sigma_threshold=0.5)):
-    out = jax.device_get(aggregation.make_labeler(model, cfg, max_symbols_per_frame=3)(
+    out = jax.device_get(aggregation.make_labeler(model, cfg, max_symbols_per_frame=3, decode=decode)(
         params, feats, lens, jax.random.key(1)))
     for b in range(4):
       q = out["num_queries"][b]

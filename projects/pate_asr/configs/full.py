@@ -20,6 +20,19 @@ def get_config():
   config.data.synthetic_config = "sentences"
   config.pate.scenarios = ("matched", "mismatched")
   config.pate.max_public_utterances = 0  # Label every public utterance.
+  config.pate.methods = ("lnmax", "gnmax", "confident_gnmax", "noisy_average")
+  # The non-private config's 2-layer BiLSTM transducer (0.65 M parameters): sentences has
+  # ~480 words. 60 training speakers leave ~6 per teacher for 8 teachers.
+  config.model.dim = 192
+  config.model.num_layers = 2
+  config.model.predictor_dim = 128
+  config.model.joint_dim = 128
+  config.pate.num_teachers = 8
+  config.pate.lnmax_scale = 0.25
+  config.pate.gnmax_sigma = 0.5
+  config.pate.confident_threshold = 5.0
+  config.pate.confident_sigma_threshold = 0.5
+  config.pate.confident_sigma = 0.5
   config.train.num_steps = 5000
   config.train.warmup_steps = 300
   config.train.eval_every = 1000

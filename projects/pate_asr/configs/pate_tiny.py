@@ -28,6 +28,7 @@ def get_config():
   config.eval.batch_size = 8
   config.pate.public_fraction = 0.3
   config.pate.num_teachers = 3
+  config.pate.methods = ("lnmax", "gnmax", "confident_gnmax", "noisy_average")
   config.pate.target_epsilons = (2.0, 10.0)
   config.pate.label_batch_size = 8
   config.pate.confident_threshold = 2.0
