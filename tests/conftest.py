@@ -3,7 +3,12 @@
 import fcntl
 import os
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+# Tests compile many small programs and run each a few times: XLA's CPU backend without its
+# LLVM optimisation passes compiles about twice as fast, which is most of `make test`'s time.
+# The entrypoint tests (tests/projects/*_main.py, test_pate_sweep.py) set the same flag for
+# their subprocesses, which run on the one real CPU device.
+os.environ.setdefault("XLA_FLAGS",
+                      "--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0")
 os.environ.setdefault("TSML_JAX_CACHE", "off")
 
 import pytest  # noqa: E402

@@ -74,10 +74,8 @@ def train_dpsgd(config: ml_collections.ConfigDict, workdir: str, model, sensitiv
   params = ensemble.init_stacked(model, init_key, num, sensitive.features[0].shape[1])
   noise_keys = jax.random.split(noise_root, num)
   # The optimizer's structure does not depend on sigma; sigma is an argument of the step.
-  opt0 = _optimizer(dcfg, 1.0, q * n, jax.random.key(0))
-  state = jax.vmap(lambda p, k: TrainState(jnp.zeros((), jnp.int32), p,
-                                           _optimizer(dcfg, 1.0, q * n, k).init(p)))(params, noise_keys)
-  del opt0
+  state = jax.jit(jax.vmap(lambda p, k: TrainState(jnp.zeros((), jnp.int32), p,
+                                                   _optimizer(dcfg, 1.0, q * n, k).init(p))))(params, noise_keys)
   ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), save_every=dcfg.checkpoint_every)
   state = ckpt.restore_or(state)
   start = int(np.asarray(jax.device_get(state.step))[0])

@@ -44,7 +44,7 @@ class EnsembleResult:
 
 
 def init_stacked(model, key: jax.Array, num_members: int, num_mels: int = 80):
-  return jax.vmap(lambda k: asr.init_params(model, k, num_mels))(jax.random.split(key, num_members))
+  return jax.jit(jax.vmap(asr.init_fn(model, num_mels)))(jax.random.split(key, num_members))
 
 
 def _pad(batch: dict, frames: int, labels: int) -> dict:
@@ -107,7 +107,7 @@ def train_ensemble(tcfg: ml_collections.ConfigDict, workdir: str, model,
   params = init_stacked(model, init_key, 1 if shared_init else num, member_splits[0].features[0].shape[1])
   if shared_init:
     params = jax.tree.map(lambda p: jnp.repeat(p, num, axis=0), params)
-  state = jax.vmap(lambda p: TrainState.create(p, optimizer))(params)
+  state = jax.jit(jax.vmap(lambda p: TrainState.create(p, optimizer)))(params)
   state = jax.device_put(state, sharding)
   ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), save_every=tcfg.checkpoint_every)
   state = ckpt.restore_or(state)

@@ -25,7 +25,7 @@ def _setup(dtype=jnp.float32, batch=6):
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.standard_normal((batch, 5)) * 3, dtype)
   y = jnp.asarray(rng.integers(0, 3, batch))
-  params = model.init(jax.random.key(0), x)["params"]
+  params = jax.jit(model.init)(jax.random.key(0), x)["params"]
   params = jax.tree.map(lambda p: p.astype(dtype), params)
 
   def loss_fn(params, x, y):
@@ -148,7 +148,7 @@ def _lm_setup(batch=5):
   cfg = LMConfig(vocab_size=40, max_len=10, dim=16, num_heads=2, num_layers=2)
   lm = TransformerLM(cfg)
   tokens = jax.random.randint(jax.random.key(0), (batch, 10), 0, 40)
-  params = lm.init(jax.random.key(1), tokens)["params"]
+  params = jax.jit(lm.init)(jax.random.key(1), tokens)["params"]
   per_example = lambda p, t: next_token_nll(lm.apply({"params": p}, t), t)
   return params, tokens, per_example
 
@@ -179,7 +179,7 @@ def test_ghost_handles_a_layer_called_twice():
 
   model = Twice()
   x = jax.random.normal(jax.random.key(0), (4, 4))
-  params = model.init(jax.random.key(1), x)["params"]
+  params = jax.jit(model.init)(jax.random.key(1), x)["params"]
   per_example = lambda p, x: jnp.sum(model.apply({"params": p}, x) ** 2, axis=-1)
   vm = clipping.clipped_grad(lambda p, x: jnp.sum(per_example(p, x)), l2_clip_norm=0.3)(params, x)
   gh = ghost.ghost_clipped_grad(per_example, l2_clip_norm=0.3)(params, x)
@@ -201,7 +201,7 @@ def test_ghost_rejects_uncovered_layers():
 
   model = Model()
   x = jnp.ones((2, 5))
-  params = model.init(jax.random.key(0), x)["params"]
+  params = jax.jit(model.init)(jax.random.key(0), x)["params"]
   fn = ghost.ghost_clipped_grad(lambda p, x: jnp.sum(model.apply({"params": p}, x), -1), l2_clip_norm=1.0)
   with pytest.raises(ValueError, match="Scale_0/gain"):
     fn(params, x)
@@ -241,7 +241,7 @@ def test_ghost_clipping_covers_conv_layers():
 
   model = CNN()
   x = jax.random.normal(jax.random.key(0), (3, 9, 6, 2))
-  params = model.init(jax.random.key(1), x)["params"]
+  params = jax.jit(model.init)(jax.random.key(1), x)["params"]
   per_example = lambda p, x: jnp.sum(model.apply({"params": p}, x) ** 2, axis=-1)
   vm, n1 = clipping.clipped_grad(lambda p, x: jnp.sum(per_example(p, x)), l2_clip_norm=1.0,
                                  return_norms=True)(params, x)

@@ -85,10 +85,10 @@ def test_transducer_shapes_and_greedy_decode_matches_python_reference():
   feats = jax.random.normal(jax.random.key(0), (3, 24, 80))
   lens = jnp.array([24, 17, 9])
   labels = jnp.zeros((3, 4), jnp.int32)
-  variables = model.init({"params": jax.random.key(1)}, feats, lens, labels, jnp.array([4, 2, 0]))
+  variables = jax.jit(model.init)({"params": jax.random.key(1)}, feats, lens, labels, jnp.array([4, 2, 0]))
   # Large random output layer so that the greedy search emits plenty of labels.
   variables = jax.tree.map(lambda p: p * 3.0, variables)
-  logits, enc_lens = model.apply(variables, feats, lens, labels, jnp.array([4, 2, 0]))
+  logits, enc_lens = jax.jit(model.apply)(variables, feats, lens, labels, jnp.array([4, 2, 0]))
   assert logits.shape == (3, 6, 5, 6) and list(enc_lens) == [6, 5, 3]
   tokens, counts = jax.jit(lambda v, f, l: model.apply(v, f, l, method=transducer.Transducer.greedy_decode))(
       variables, feats, lens)

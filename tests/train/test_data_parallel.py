@@ -45,8 +45,8 @@ def _run(devices):
   model = _model()
   mesh = mesh_lib.make_mesh(devices)
   b0 = next(_batches(1))
-  params = model.init({"params": jax.random.key(0)}, b0["features"], b0["feature_lengths"], b0["labels"],
-                      b0["label_lengths"])["params"]
+  params = jax.jit(model.init)({"params": jax.random.key(0)}, b0["features"], b0["feature_lengths"], b0["labels"],
+                               b0["label_lengths"])["params"]
   optimizer = optax.adam(3e-3)
   state = mesh_lib.replicate(TrainState.create(params, optimizer), mesh)
   step = steps.jit_data_parallel(steps.make_train_step(_loss_fn(model), optimizer), mesh)
