@@ -45,6 +45,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -145,27 +146,65 @@ def _compiled_decode(model: transducer_lib.Transducer, max_symbols_per_frame: in
   return _DECODERS[cache_key]
 
 
+def _apply(model, params, *args, method):
+  return model.apply({"params": params}, *args, method=method)
+
+
+def _member_functions(model: transducer_lib.Transducer):
+  """The transducer's decoding pieces, vmapped over the stacked teacher parameters [K, ...]:
+  `pred_step(params, carry, labels)` (labels shared by all teachers), `pred_proj(params, h)`
+  and `joint(params, enc, pred)`."""
+  apply = functools.partial(_apply, model)
+  pred_step = jax.vmap(lambda p, c, y: apply(p, c, y, method=lambda m, c, y: m.predictor.step(c, y)),
+                       in_axes=(0, 0, None))
+  pred_proj = jax.vmap(lambda p, h: apply(p, h, method=lambda m, h: m.pred_proj(h)))
+  joint = jax.vmap(lambda p, e, q: apply(p, e, q, method=transducer_lib.Transducer.joint))
+  return pred_step, pred_proj, joint
+
+
+def _start(model: transducer_lib.Transducer, params, feats, lens):
+  """Every teacher's projected encoder output [K, B, T, J], the frame counts [B] (the same
+  for all teachers), and each teacher's prediction network state after the start symbol
+  (LSTM carry and output, [K, B, D])."""
+  apply = functools.partial(_apply, model)
+  enc, enc_lens = jax.vmap(lambda p: apply(p, feats, lens, method=transducer_lib.Transducer.encode))(params)
+  enc_proj = jax.vmap(lambda p, e: apply(p, e, method=lambda m, e: m.enc_proj(e)))(params, enc)
+  num, batch = enc_proj.shape[:2]
+  pred_step, _, _ = _member_functions(model)
+  zeros = jnp.zeros((num, batch, model.config.predictor_dim))
+  carry, h = pred_step(params, (zeros, zeros), jnp.full((batch,), model.config.blank_id, jnp.int32))
+  return enc_proj, enc_lens[0], carry, h
+
+
+def _record(s: dict, out: dict, votes, symbol, answered, querying, emit, pred_step, pred_proj) -> dict:
+  """The decode-loop bookkeeping shared by both decodes, on a copy `out` of state `s`: store
+  each querying utterance's vote histogram and whether it was answered, append emitted
+  labels, and advance every teacher's prediction network on them."""
+  rows = jnp.arange(votes.shape[0])
+  slot = jnp.minimum(s["q"], s["votes"].shape[1] - 1)
+  out["votes"] = s["votes"].at[rows, slot].set(jnp.where(querying[:, None], votes, s["votes"][rows, slot]))
+  out["answered"] = s["answered"].at[rows, slot].set(jnp.where(querying, answered, s["answered"][rows, slot]))
+  out["q"] = s["q"] + querying
+  cslot = jnp.minimum(s["count"], s["tokens"].shape[1] - 1)
+  out["tokens"] = s["tokens"].at[rows, cslot].set(jnp.where(emit, symbol, s["tokens"][rows, cslot]))
+  out["count"] = s["count"] + emit
+  new_carry, new_h = pred_step(s["carry"], symbol)
+  keep = lambda new, old: jnp.where(emit.reshape((1, emit.shape[0]) + (1,) * (new.ndim - 2)), new, old)
+  out["carry"] = jax.tree.map(keep, new_carry, s["carry"])
+  out["pred"] = keep(pred_proj(new_h), s["pred"])
+  return out
+
+
 def _build_decode(model: transducer_lib.Transducer, max_symbols_per_frame: int):
   blank = model.config.blank_id
   vocab = model.config.vocab_size
-
-  def apply(params, *args, method):
-    return model.apply({"params": params}, *args, method=method)
+  pred_step, pred_proj, joint = _member_functions(model)
 
   def fn(params, feats, lens, key, hyper):
-    encode = jax.vmap(lambda p: apply(p, feats, lens, method=transducer_lib.Transducer.encode))
-    enc, enc_lens = encode(params)
-    enc_lens = enc_lens[0]
-    enc_proj = jax.vmap(lambda p, e: apply(p, e, method=lambda m, e: m.enc_proj(e)))(params, enc)  # [K, B, T, J]
+    enc_proj, enc_lens, carry, h = _start(model, params, feats, lens)
     num, batch, frames = enc_proj.shape[:3]
     capacity = frames * max_symbols_per_frame
     max_queries = frames + capacity
-    pred_step = jax.vmap(lambda p, c, y: apply(p, c, y, method=lambda m, c, y: m.predictor.step(c, y)),
-                         in_axes=(0, 0, None))
-    pred_proj = jax.vmap(lambda p, h: apply(p, h, method=lambda m, h: m.pred_proj(h)))
-    joint = jax.vmap(lambda p, e, q: apply(p, e, q, method=transducer_lib.Transducer.joint))
-    zeros = jnp.zeros((num, batch, model.config.predictor_dim))
-    carry, h = pred_step(params, (zeros, zeros), jnp.full((batch,), blank, jnp.int32))
     rows = jnp.arange(batch)
     state = dict(
         carry=carry, pred=pred_proj(params, h), t=jnp.zeros(batch, jnp.int32), nsym=jnp.zeros(batch, jnp.int32),
@@ -192,18 +231,9 @@ def _build_decode(model: transducer_lib.Transducer, max_symbols_per_frame: int):
       unanswered = querying & ~answered
       emit = answered & (symbol != blank)
       advance = forced | (answered & (symbol == blank))
-      slot = jnp.minimum(s["q"], max_queries - 1)
       out = dict(s)
-      out["votes"] = s["votes"].at[rows, slot].set(jnp.where(querying[:, None], votes, s["votes"][rows, slot]))
-      out["answered"] = s["answered"].at[rows, slot].set(jnp.where(querying, answered, s["answered"][rows, slot]))
-      out["q"] = s["q"] + querying
-      cslot = jnp.minimum(s["count"], capacity - 1)
-      out["tokens"] = s["tokens"].at[rows, cslot].set(jnp.where(emit, symbol, s["tokens"][rows, cslot]))
-      out["count"] = s["count"] + emit
-      new_carry, new_h = pred_step(params, s["carry"], symbol)
-      keep = lambda new, old: jnp.where(emit.reshape((1, batch) + (1,) * (new.ndim - 2)), new, old)
-      out["carry"] = jax.tree.map(keep, new_carry, s["carry"])
-      out["pred"] = keep(pred_proj(params, new_h), s["pred"])
+      out = _record(s, out, votes, symbol, answered, querying, emit,
+                    lambda c, y: pred_step(params, c, y), lambda h: pred_proj(params, h))
       out["t"] = s["t"] + advance
       out["nsym"] = jnp.where(advance, 0, s["nsym"] + emit)
       out["failed"] = s["failed"] | unanswered
@@ -233,24 +263,13 @@ def _build_label_sync_decode(model: transducer_lib.Transducer, max_symbols_per_f
   """
   blank = model.config.blank_id
   vocab = model.config.vocab_size
-
-  def apply(params, *args, method):
-    return model.apply({"params": params}, *args, method=method)
+  pred_step, pred_proj, joint = _member_functions(model)
 
   def fn(params, feats, lens, key, hyper):
-    encode = jax.vmap(lambda p: apply(p, feats, lens, method=transducer_lib.Transducer.encode))
-    enc, enc_lens = encode(params)
-    enc_lens = enc_lens[0]
-    enc_proj = jax.vmap(lambda p, e: apply(p, e, method=lambda m, e: m.enc_proj(e)))(params, enc)  # [K, B, T, J]
+    enc_proj, enc_lens, carry, h = _start(model, params, feats, lens)
     num, batch, frames = enc_proj.shape[:3]
     capacity = frames * max_symbols_per_frame
     max_queries = capacity + 1
-    pred_step = jax.vmap(lambda p, c, y: apply(p, c, y, method=lambda m, c, y: m.predictor.step(c, y)),
-                         in_axes=(0, 0, None))
-    pred_proj = jax.vmap(lambda p, h: apply(p, h, method=lambda m, h: m.pred_proj(h)))
-    joint = jax.vmap(lambda p, e, q: apply(p, e, q, method=transducer_lib.Transducer.joint))
-    zeros = jnp.zeros((num, batch, model.config.predictor_dim))
-    carry, h = pred_step(params, (zeros, zeros), jnp.full((batch,), blank, jnp.int32))
     rows = jnp.arange(batch)
     members = jnp.arange(num)[:, None]
     kb = (num, batch)
@@ -292,17 +311,8 @@ def _build_label_sync_decode(model: transducer_lib.Transducer, max_symbols_per_f
       answered = answered & querying
       unanswered = querying & ~answered
       emit = answered & (symbol != blank)
-      slot = jnp.minimum(s["q"], max_queries - 1)
-      out["votes"] = s["votes"].at[rows, slot].set(jnp.where(querying[:, None], votes, s["votes"][rows, slot]))
-      out["answered"] = s["answered"].at[rows, slot].set(jnp.where(querying, answered, s["answered"][rows, slot]))
-      out["q"] = s["q"] + querying
-      cslot = jnp.minimum(s["count"], capacity - 1)
-      out["tokens"] = s["tokens"].at[rows, cslot].set(jnp.where(emit, symbol, s["tokens"][rows, cslot]))
-      out["count"] = s["count"] + emit
-      new_carry, new_h = pred_step(params, s["carry"], symbol)
-      keep = lambda new, old: jnp.where(emit.reshape((1, batch) + (1,) * (new.ndim - 2)), new, old)
-      out["carry"] = jax.tree.map(keep, new_carry, s["carry"])
-      out["pred"] = keep(pred_proj(params, new_h), s["pred"])
+      out = _record(s, out, votes, symbol, answered, querying, emit,
+                    lambda c, y: pred_step(params, c, y), lambda h: pred_proj(params, h))
       out["nsym"] = out["nsym"] + emit[None, :]
       out["pending"] = out["pending"] & ~querying[None, :]
       out["failed"] = s["failed"] | unanswered
