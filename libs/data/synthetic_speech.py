@@ -7,6 +7,8 @@ metadata on every example. Configs:
     minute to generate on 2 cores).
   * `digits_large`: digits with 160 training speakers (6400 utterances), for the PATE
     experiments, where every teacher needs enough speakers of its own.
+  * `digits_many`: the same 6400 training utterances spread over 640 speakers (10 each),
+    so that each of 16 teachers sees ~30 voices and generalizes to new speakers.
   * `sentences`: assistant commands and questions over ~480 words, 60 training speakers.
   * `tiny`: a few speakers and utterances, for tests.
 
@@ -49,6 +51,10 @@ BUILDER_CONFIGS = (
         name="digits_large", description="Digits with 160 training speakers, for PATE (teachers need data).",
         spec=corpus.CorpusSpec(grammar="digits", train_speakers=160,
                                train_utterances_per_speaker=40, eval_utterances_per_speaker=25)),
+    SyntheticSpeechConfig(
+        name="digits_many", description="Digits with 640 training speakers of 10 utterances each (6400), for PATE.",
+        spec=corpus.CorpusSpec(grammar="digits", train_speakers=640,
+                               train_utterances_per_speaker=10, eval_utterances_per_speaker=25)),
     SyntheticSpeechConfig(
         name="sentences", description="Voice-assistant commands and questions, ~480 words.",
         spec=corpus.CorpusSpec(grammar="sentences", train_speakers=60,

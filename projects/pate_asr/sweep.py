@@ -77,6 +77,24 @@ def _epsilon(orders, rdp, delta) -> float:
   return float(rdp_privacy_accountant.compute_epsilon(orders, rdp, delta)[0])
 
 
+def epsilon_floor(cfg: aggregation.AggregatorConfig, *, num_teachers: int, vocab_size: int,
+                  orders: np.ndarray, delta: float) -> float:
+  """The data-dependent epsilon of one query answered with every teacher in agreement.
+
+  No label can be released under a smaller target. With few teachers it is large: the
+  Theorem-6 bound on GNMax holds only at Renyi orders below mu1 ~ gap / 2 + 1 (Papernot et
+  al. 2018, Prop. 10), so 8 unanimous teachers at sigma = 1 cost epsilon 6.0 at delta = 1e-5.
+  With 16 or more at sigma = 1 it is 0: the answer is all but certain, its divergence at
+  low orders is below delta^2, and the conversion bounds it through total variation by
+  (0, delta).
+  """
+  votes = np.zeros((1, vocab_size), np.int64)
+  votes[0, 1] = num_teachers
+  one = aggregation.Labels([np.zeros(0, np.int32)], np.array([True]), [votes], [np.array([True])])
+  costs = aggregation.query_costs(one, cfg, num_teachers=num_teachers, orders=orders)
+  return _epsilon(orders, costs.dependent[0], delta)
+
+
 def released_prefix(costs: np.ndarray, orders: np.ndarray, target: float, delta: float) -> tuple[int, np.ndarray]:
   """How many utterances (in order) fit in the budget, and their total RDP.
 
@@ -190,6 +208,14 @@ def run_scenario(config, workdir: str, splits: data_lib.Splits, tokenizer: CharT
     costs = aggregation.query_costs(labels, cfg, num_teachers=pcfg.num_teachers, orders=orders)
     basis = costs.dependent if pcfg.budget == "data_dependent" else costs.independent
     targets = [math.inf] if method == "plurality" else list(pcfg.target_epsilons)
+    floor_eps = (math.inf if method == "plurality" else
+                 epsilon_floor(cfg, num_teachers=pcfg.num_teachers, vocab_size=model.config.vocab_size,
+                               orders=orders, delta=pcfg.delta))
+    below = [t for t in targets if t < floor_eps]
+    if below and pcfg.budget == "data_dependent":
+      print(f"[{scenario}] {method}: target epsilon {', '.join(f'{t:g}' for t in below)} is below {floor_eps:.2f}, the "
+            f"cost of one answer on which all {pcfg.num_teachers} teachers agree (delta {pcfg.delta:g}): nothing can "
+            f"be labeled there. More teachers or a larger delta lower this floor.")
     for target in targets:
       if math.isinf(target):
         count = len(order)
@@ -215,6 +241,7 @@ def run_scenario(config, workdir: str, splits: data_lib.Splits, tokenizer: CharT
           "utterances_released": int(count), "utterances_labeled": int(len(used)),
           "public_utterances": len(roles.public),
           "label_wer": wer_lib.word_error_rate(refs, hyps) if used.size else None,
+          "epsilon_floor": floor_eps,
       }
       if method in ("gnmax", "confident_gnmax") and count and pcfg.budget == "data_dependent":
         record["released_epsilon"] = _release(pcfg, labels, released, costs, orders, method)
