@@ -33,8 +33,8 @@ def _train(num_steps, batch_size, learning_rate=3e-3, warmup=50):
 def get_config() -> ml_collections.ConfigDict:
   config = nonprivate.get_config()
   config.mode = "sweep"
-  # 160 training speakers: 127 sensitive ones, so each of 16 teachers gets 8 of its own.
-  config.data.synthetic_config = "digits_large"
+  # 640 training speakers: 511 sensitive ones, so each of 16 teachers gets ~32 of its own.
+  config.data.synthetic_config = "digits_many"
   # A 1-layer BiLSTM transducer (0.2 M parameters): ~190 utterances/s on 2 cores against
   # ~100 for the non-private config's 2-layer model, and it learns digits in about the
   # same number of steps (dev WER 24.7% / 5.8% / 4.6% after 200 / 300 / 400 steps of 32).
@@ -43,7 +43,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.predictor_dim = 64
   config.model.joint_dim = 64
   config.train = _train(400, 32, warmup=50)  # The non-private floor.
-  config.teachers = _train(300, 16, warmup=40)
+  # 600 steps of 16 (~30 passes over a teacher's ~320 utterances): teacher dev WER 9.1% mean,
+  # against 46.8% after 300 steps, and 87% of the label-sync queries unanimous.
+  config.teachers = _train(600, 16, warmup=40)
   config.students = _train(300, 16, warmup=40)
 
   config.pate = ml_collections.ConfigDict()
