@@ -21,9 +21,11 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
 import numbers
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import dp_accounting
 from dp_accounting.rdp import rdp_privacy_accountant
@@ -318,19 +320,51 @@ def calibrate_noise_multiplier(target_epsilon: float, delta: float, sampling_pro
     return dpsgd_epsilon(sigma, q, steps, delta, accountant, orders=orders,
                          pld_discretization=pld_discretization)
 
-  lo, hi = _bracket(eps, target_epsilon)
   make_acct: Callable[[], dp_accounting.PrivacyAccountant] = lambda: make_accountant(
       accountant, orders=orders, pld_discretization=pld_discretization)
-  sigma = dp_accounting.calibrate_dp_mechanism(
-      make_acct,
-      lambda s: poisson_gaussian_event(s, q, steps),
-      target_epsilon, delta,
-      bracket_interval=dp_accounting.ExplicitBracketInterval(lo, hi),
-      tol=float(tol))
-  sigma = float(sigma)
-  if not eps(sigma) <= target_epsilon:
-    sigma = hi  # Never return a sigma that overspends; hi is known to be within budget.
+  with _one_warning_for_excluded_orders():
+    lo, hi = _bracket(eps, target_epsilon)
+    sigma = dp_accounting.calibrate_dp_mechanism(
+        make_acct,
+        lambda s: poisson_gaussian_event(s, q, steps),
+        target_epsilon, delta,
+        bracket_interval=dp_accounting.ExplicitBracketInterval(lo, hi),
+        tol=float(tol))
+    sigma = float(sigma)
+    if not eps(sigma) <= target_epsilon:
+      sigma = hi  # Never return a sigma that overspends; hi is known to be within budget.
   return sigma
+
+
+class _CountNonConvergence(logging.Filter):
+  """Drops dp_accounting's per-order "failed to converge" warnings, counting them."""
+
+  def __init__(self):
+    super().__init__()
+    self.count = 0
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    if "failed to converge" in str(record.msg):
+      self.count += 1
+      return False
+    return True
+
+
+@contextlib.contextmanager
+def _one_warning_for_excluded_orders() -> Iterator[None]:
+  """dp_accounting logs one warning per (order, evaluation) whose fractional-order series does
+  not converge (small sigma, large q) and leaves that order out, which only makes epsilon
+  larger; calibration evaluates epsilon dozens of times, so this logs one line instead."""
+  counter = _CountNonConvergence()
+  logger = logging.getLogger("absl")
+  logger.addFilter(counter)
+  try:
+    yield
+  finally:
+    logger.removeFilter(counter)
+    if counter.count:
+      logger.warning("noise calibration: %d RDP order evaluations did not converge and were left "
+                     "out (epsilon stays an upper bound)", counter.count)
 
 
 def _bracket(eps: Callable[[float], float], target: float) -> tuple[float, float]:
