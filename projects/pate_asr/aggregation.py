@@ -162,15 +162,14 @@ def _member_functions(model: transducer_lib.Transducer):
   return pred_step, pred_proj, joint
 
 
-def _start(model: transducer_lib.Transducer, params, feats, lens):
+def _start(model: transducer_lib.Transducer, pred_step, params, feats, lens):
   """Every teacher's projected encoder output [K, B, T, J], the frame counts [B] (the same
   for all teachers), and each teacher's prediction network state after the start symbol
-  (LSTM carry and output, [K, B, D])."""
+  (LSTM carry and output, [K, B, D]); `pred_step` from `_member_functions`."""
   apply = functools.partial(_apply, model)
   enc, enc_lens = jax.vmap(lambda p: apply(p, feats, lens, method=transducer_lib.Transducer.encode))(params)
   enc_proj = jax.vmap(lambda p, e: apply(p, e, method=lambda m, e: m.enc_proj(e)))(params, enc)
   num, batch = enc_proj.shape[:2]
-  pred_step, _, _ = _member_functions(model)
   zeros = jnp.zeros((num, batch, model.config.predictor_dim))
   carry, h = pred_step(params, (zeros, zeros), jnp.full((batch,), model.config.blank_id, jnp.int32))
   return enc_proj, enc_lens[0], carry, h
@@ -201,7 +200,7 @@ def _build_decode(model: transducer_lib.Transducer, max_symbols_per_frame: int):
   pred_step, pred_proj, joint = _member_functions(model)
 
   def fn(params, feats, lens, key, hyper):
-    enc_proj, enc_lens, carry, h = _start(model, params, feats, lens)
+    enc_proj, enc_lens, carry, h = _start(model, pred_step, params, feats, lens)
     num, batch, frames = enc_proj.shape[:3]
     capacity = frames * max_symbols_per_frame
     max_queries = frames + capacity
@@ -266,7 +265,7 @@ def _build_label_sync_decode(model: transducer_lib.Transducer, max_symbols_per_f
   pred_step, pred_proj, joint = _member_functions(model)
 
   def fn(params, feats, lens, key, hyper):
-    enc_proj, enc_lens, carry, h = _start(model, params, feats, lens)
+    enc_proj, enc_lens, carry, h = _start(model, pred_step, params, feats, lens)
     num, batch, frames = enc_proj.shape[:3]
     capacity = frames * max_symbols_per_frame
     max_queries = capacity + 1
