@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import optax
 
 from libs.models.lm import LMConfig, TransformerLM, next_token_nll
+from libs.models.pooling import max_pool
 
 Params = Any
 
@@ -51,7 +52,9 @@ class IntentClassifier(nn.Module):
                                jnp.concatenate([x[..., 1:, :], zero], axis=-2)], axis=-1)
     h = nn.relu(nn.Dense(self.hidden_dim, name="conv")(windows)) * mask
     count = jnp.maximum(mask.sum(-2), 1.0)
-    pooled = jnp.concatenate([h.sum(-2) / count, jnp.max(h, axis=-2)], axis=-1)  # h >= 0: pads add 0
+    # h >= 0: pads add 0 to the max. Not jnp.max: its gradient divides by a count of positions
+    # equal to the max, which is 0 on some CPUs (see libs/models/pooling.py).
+    pooled = jnp.concatenate([h.sum(-2) / count, max_pool(h, axis=-2)], axis=-1)
     return nn.Dense(self.num_intents)(nn.relu(nn.Dense(self.hidden_dim)(pooled)))
 
 
