@@ -136,15 +136,47 @@ class JsonlWriter(metric_writers.MetricWriter):
     self._file.close()
 
 
+class NonFiniteMetricError(FloatingPointError):
+  """A metric turned NaN (or infinite): the run stops instead of writing it."""
+
+
+def check_finite(step: int, scalars: Mapping[str, Any]) -> None:
+  """Raises NonFiniteMetricError naming the step and every NaN or infinite metric.
+
+  An infinite epsilon is a legitimate value (a release without noise), so names containing
+  "epsilon" may be +inf; NaN is never allowed.
+
+  Example:
+    >>> check_finite(4, {"dp_fedavg/test/loss": float("nan")})   # NonFiniteMetricError: step 4: ...
+  """
+  bad = []
+  for key, value in scalars.items():
+    v = np.asarray(value, np.float64)
+    if np.isnan(v).any() or (np.isinf(v).any() and not ("epsilon" in key and (v > 0).all())):
+      bad.append(f"{key}={_plain(value)}")
+  if bad:
+    raise NonFiniteMetricError(f"step {int(step)}: non-finite metric(s) {', '.join(bad)}; stopping before writing "
+                               "them (the last checkpoint is from before this step)")
+
+
+class FiniteMetricWriter(metric_writers.MultiWriter):
+  """A MultiWriter that refuses non-finite scalars (`check_finite`) before writing anything."""
+
+  def write_scalars(self, step: int, scalars: Mapping[str, Any]):
+    check_finite(step, scalars)
+    super().write_scalars(step, scalars)
+
+
 def create_writer(workdir: str, *, jsonl_name: str = "metrics.jsonl") -> metric_writers.MetricWriter:
   """clu default writer (log + TensorBoard under `workdir`) plus `workdir/metrics.jsonl`.
 
-  Only process 0 writes files; other hosts only log.
+  Only process 0 writes files; other hosts only log. Every process raises
+  `NonFiniteMetricError` on a NaN metric (see `check_finite`) instead of writing it.
   """
   os.makedirs(workdir, exist_ok=True)
   if jax.process_index() > 0:
-    return metric_writers.create_default_writer(just_logging=True, asynchronous=False)
-  return metric_writers.MultiWriter([
+    return FiniteMetricWriter([metric_writers.create_default_writer(just_logging=True, asynchronous=False)])
+  return FiniteMetricWriter([
       metric_writers.create_default_writer(workdir, asynchronous=False),
       JsonlWriter(os.path.join(workdir, jsonl_name)),
   ])

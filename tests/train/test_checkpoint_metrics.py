@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 from libs.train import checkpoint, metrics
 from libs.train.state import TrainState
@@ -79,3 +80,17 @@ def test_writer_writes_tensorboard_events_and_jsonl(tmp_path):
     tags += [(event.step, v.tag, round(v.simple_value, 3)) for v in event.summary.value]
     pos += 16 + length
   assert (2, "privacy/epsilon", 0.3) in tags and (1, "train/loss", 2.5) in tags
+
+
+def test_writer_refuses_nan_naming_the_step_and_metric_and_writes_nothing(tmp_path):
+  writer = metrics.create_writer(str(tmp_path))
+  writer.write_scalars(3, {"run/test/loss": 2.5, "run/privacy/epsilon": float("inf")})  # inf epsilon is legit
+  with pytest.raises(metrics.NonFiniteMetricError, match=r"step 4: non-finite metric\(s\) run/test/loss=nan"):
+    writer.write_scalars(4, {"run/test/loss": np.float32("nan"), "run/test/accuracy": 0.5})
+  with pytest.raises(metrics.NonFiniteMetricError, match="run/train/loss=inf"):
+    writer.write_scalars(5, {"run/train/loss": float("inf")})
+  with pytest.raises(metrics.NonFiniteMetricError, match="run/privacy/epsilon=nan"):
+    writer.write_scalars(6, {"run/privacy/epsilon": float("nan")})
+  writer.close()
+  rows = metrics.read_jsonl(str(tmp_path / "metrics.jsonl"))
+  assert [r["step"] for r in rows] == [3]  # nothing of the refused steps reached the file
