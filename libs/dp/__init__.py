@@ -12,10 +12,11 @@ from libs.dp.ghost import ghost_clipped_grad
 from libs.dp.noise import GaussianNoiseState, add_gaussian_noise, dpsgd
 from libs.dp.pate_aggregators import (NOT_ANSWERED, check_probabilities, check_votes, confident_gnmax, gnmax,
                                       lnmax, noisy_average, vote_histogram)
+from libs.dp.randomness import DpRandomness
 from libs.dp.sampling import FixedSizeSampler, PoissonSampler, ShufflingSampler, physical_batches
 
 __all__ = [
-    "NOT_ANSWERED", "FixedSizeSampler", "GaussianNoiseState", "PoissonSampler", "ShufflingSampler",
+    "NOT_ANSWERED", "DpRandomness", "FixedSizeSampler", "GaussianNoiseState", "PoissonSampler", "ShufflingSampler",
     "add_gaussian_noise", "check_probabilities", "check_votes", "clip_factor", "clipped_grad",
     "confident_gnmax", "dpsgd", "ghost_clipped_grad", "gnmax", "lnmax", "noisy_average",
     "physical_batches", "tree_l2_norm", "vote_histogram",

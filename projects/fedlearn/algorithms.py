@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from typing import Any, Callable, NamedTuple
 
 import flax
@@ -80,7 +81,10 @@ class DPConfig:
   count sum_i (b_i - 1/2), b_i = [||delta_i|| <= C], gets noise std `count_noise_std` (its
   sensitivity is 1/2), the clip norm moves as C <- C exp(-lr (b_noisy - target_quantile)), and
   `privacy.split_noise_multiplier` picks z so that the pair is as private as one
-  Gaussian of the accounted multiplier.
+  Gaussian of the accounted multiplier. Adaptive clipping needs `count_noise_std > 0`: the
+  exact count would steer the clip norm (and so every later release) with no accounting,
+  so there is no noiseless default. `expected_clients` must be a public (configured)
+  quantity, never the realised number of participants.
   """
   clip_norm: float
   noise_multiplier: float
@@ -88,7 +92,35 @@ class DPConfig:
   adaptive: bool = False
   target_quantile: float = 0.5
   clip_learning_rate: float = 0.2
-  count_noise_std: float = 0.0
+  count_noise_std: float | None = None
+
+  def __post_init__(self):
+    for name in ("clip_norm", "noise_multiplier", "expected_clients", "clip_learning_rate"):
+      value = getattr(self, name)
+      if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+        raise ValueError(f"DPConfig.{name} must be a finite number >= 0, got {value!r}")
+    if not self.clip_norm > 0 or not self.expected_clients > 0:
+      raise ValueError(f"DPConfig.clip_norm and expected_clients must be > 0, got {self.clip_norm}, "
+                       f"{self.expected_clients}")
+    if not 0 <= self.target_quantile <= 1:
+      raise ValueError(f"DPConfig.target_quantile must be in [0, 1], got {self.target_quantile}")
+    if self.adaptive and not (self.count_noise_std is not None and self.count_noise_std > 0):
+      raise ValueError("DPConfig(adaptive=True) needs count_noise_std > 0: a noiseless clipped count steers the "
+                       f"clip norm with no privacy accounting; got count_noise_std={self.count_noise_std!r}")
+
+
+def check_dp_weights(weights) -> None:
+  """Raises ValueError unless every DP aggregation weight is 0 or 1 (sensitivity C per device).
+
+  Example:
+    >>> check_dp_weights(np.array([1.0, 0.0, 1.0]))
+  """
+  w = np.asarray(weights)
+  bad = ~((w == 0) | (w == 1))
+  if bad.any():
+    i = int(np.flatnonzero(bad)[0])
+    raise ValueError(f"DP-FedAvg weights must be 0 or 1 (a device's clipped delta enters the noisy sum at most "
+                     f"once); weight {i} is {float(w.flat[i])} ({int(bad.sum())} invalid)")
 
 
 @flax.struct.dataclass
@@ -121,6 +153,7 @@ class FedAlgorithm(NamedTuple):
   client_update: Callable[..., tuple[Params, dict]]  # single client, unbatched (reference)
   server_update: Callable[..., tuple[ServerState, dict]]  # from per-round sums
   name: str
+  dp: DPConfig | None = None
 
 
 def _tree_dot(weights: jax.Array, tree: Any) -> Any:
@@ -255,7 +288,8 @@ def make_algorithm(name: str, loss_fn: LossFn, client: ClientConfig, *, server_o
     server_optimizer_name: "sgd" (FedAvg with server lr), "adam", "yogi", "adagrad".
     server_learning_rate: server step size.
     num_devices: registered devices (SCAFFOLD: c += sum_k dc_k / num_devices).
-    dp: DP-FedAvg aggregation, or None. Weights passed to `apply` must then be 0 or 1.
+    dp: DP-FedAvg aggregation, or None. Weights passed to `apply` must then be 0 or 1
+      (checked whenever they are concrete: `check_dp_weights`).
     chunk_size: clients per vmapped chunk (0: the whole round in one vmap); the round must
       hold a multiple of it. Chunks run in a `lax.scan`, accumulating the sums, which bounds
       memory on accelerators (on CPU, vmapped convolutions in a loop body are slow: see
@@ -299,8 +333,11 @@ def make_algorithm(name: str, loss_fn: LossFn, client: ClientConfig, *, server_o
     if dp is not None:
       norm = m["delta_norm"]
       clip = state.clip_norm
+      finite = jnp.isfinite(norm)
       factor = jnp.where(norm > clip, clip / jnp.where(norm > 0, norm, 1.0), 1.0)
-      delta = jax.tree.map(lambda x: x * factor, delta)
+      # A non-finite delta would put inf * 0 = NaN into the noisy sum: it contributes zero
+      # (keeping the sensitivity at C); the host stops the run on its non-finite delta_norm.
+      delta = jax.tree.map(lambda x: jnp.where(finite, x * factor, 0.0), delta)
       m = dict(m, clipped=(norm > clip).astype(jnp.float32))
       # Centered (b_i - 1/2, sensitivity 1/2) as in Andrew et al. 2021.
       extra["unclipped"] = (norm <= clip).astype(jnp.float32) - 0.5
@@ -349,6 +386,8 @@ def make_algorithm(name: str, loss_fn: LossFn, client: ClientConfig, *, server_o
 
   def apply(state: ServerState, clients: Clients, weights: jax.Array, key: jax.Array):
     """One round: every client of `clients` in one vmap (scan over chunks), then the server."""
+    if dp is not None and not isinstance(weights, jax.core.Tracer):
+      check_dp_weights(weights)
     k_clients, k_server = jax.random.split(key)
     num = clients.mask.shape[0]
     chunk = chunk_size or num
@@ -397,7 +436,7 @@ def make_algorithm(name: str, loss_fn: LossFn, client: ClientConfig, *, server_o
       client_control = jnp.zeros((), jnp.float32)
     return one_client(state, data, mask, key, client_control)
 
-  return FedAlgorithm(init, apply, reference_client, server_update, name)
+  return FedAlgorithm(init, apply, reference_client, server_update, name, dp)
 
 
 def sequential_apply(alg: FedAlgorithm, state: ServerState, clients: Clients, weights: np.ndarray,
@@ -410,6 +449,8 @@ def sequential_apply(alg: FedAlgorithm, state: ServerState, clients: Clients, we
   Example:
     >>> ref_state, _ = sequential_apply(alg, state, clients, weights, key)
   """
+  if alg.dp is not None:
+    check_dp_weights(weights)
   k_clients, k_server = jax.random.split(key)
   one = jax.jit(alg.client_update)
   sums, diags = None, []

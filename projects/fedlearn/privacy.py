@@ -1,15 +1,28 @@
 """Device-level accounting for DP-FedAvg under the device sampling actually used (host-side).
 
-Unit of privacy: a device (all of its examples). Each round releases the noisy sum of
-per-device clipped deltas (sensitivity C per device, unit weights) with N(0, (z C)^2)
-noise, plus, with adaptive clipping, the noisy clipped count. Which sampling schemes have a
-valid amplification analysis (`check_scheme` refuses the others):
+Unit of privacy: a device (all of its examples). This holds only when each client IS one
+device: partitions that re-deal examples into synthetic clients (`iid`, `dirichlet`, ...)
+put one device's examples into many clients and are refused (`check_partition`). Each round
+releases the noisy sum of per-device clipped deltas (sensitivity C per device, unit weights)
+with N(0, (z C)^2) noise, plus, with adaptive clipping, the noisy clipped count. Which
+sampling schemes have a valid amplification analysis (`check_scheme` refuses the others):
 
-  * "poisson" (q = m / N): `PoissonSampledDpEvent(q, GaussianDpEvent(z))` per round,
-    add/remove-one device; RDP or PLD (libs.accounting.poisson_gaussian_event).
-  * "activity_capped" (Poisson with per-device p_i <= cap): valid at q = max_i p_i, since
-    the privacy loss of a Poisson-subsampled Gaussian grows with the sampling probability
-    of the device added or removed; the cap keeps q at cap_ratio * m / N.
+  * "poisson" (q = m / N, N and m configured): `PoissonSampledDpEvent(q,
+    GaussianDpEvent(z))` per round, add/remove-one device; RDP or PLD
+    (libs.accounting.poisson_gaussian_event).
+  * "activity_capped" under DP: each device independently with p_i = min(cap, r n_i),
+    where the cap = cap_ratio * m / N and the per-example rate r = m / (N n_ref) are fixed
+    in advance from configured quantities (n_ref: a public number of examples per device),
+    never from the data (`selection.select(..., rate=r)`). Accounted at q = cap.
+    Proof sketch: let D' = D plus device j. Every other device's p_i is a function of its
+    own n_i and the constants only, so the joint law of the other devices' participation
+    is the same under D and D'; device j takes part with probability p_j <= cap,
+    independently. The round's output is therefore a mixture M(D') = (1 - p_j) M(D) +
+    p_j M(D + j's clipped delta), exactly the Poisson-subsampled Gaussian with rate p_j, and
+    its privacy loss (RDP at every order and the PLD) is nondecreasing in the rate, so the
+    event at q = cap bounds it for every j. The water-filled form (c chosen so that
+    sum_i p_i = m) couples all devices through c and has no such analysis: DP runs never
+    use it, and q is never taken from the data (max_i p_i would itself leak).
   * "uniform" (m of N without replacement): dp_accounting's
     `SampledWithoutReplacementDpEvent(N, m, GaussianDpEvent(z / 2))` under replace-one
     (a replaced device moves the sum by up to 2C, hence z / 2), RDP accountant only.
@@ -77,7 +90,7 @@ def check_scheme(scheme: str, *, accountant: str = "rdp", dropout: float = 0.0,
         "selection scheme 'activity' (m draws with replacement, proportional to data) has no valid DP "
         "amplification analysis: a device can be drawn several times per round and dp_accounting cannot "
         "analyse multi-draw sampling with replacement; use 'activity_capped' (Poisson, accounted at "
-        "q = max_i p_i), 'poisson' or 'uniform'")
+        "q = cap with a configured per-example rate), 'poisson' or 'uniform'")
   if scheme not in VALID_SCHEMES:
     raise ValueError(f"selection scheme must be one of {VALID_SCHEMES} under DP, got {scheme!r}")
   if scheme == "uniform" and accountant != "rdp":
@@ -89,6 +102,19 @@ def check_scheme(scheme: str, *, accountant: str = "rdp", dropout: float = 0.0,
   if dropout > 0 and scheme == "uniform":
     raise ValueError("selection scheme 'uniform' with dropout is not a fixed-size sample any more, so the "
                      "without-replacement analysis does not apply; use 'poisson' or 'activity_capped'")
+
+
+def check_partition(scheme: str) -> None:
+  """Raises ValueError unless clients are the devices themselves (the unit stays "device").
+
+  Example:
+    >>> check_partition("dirichlet")   # ValueError: ... one device's examples land in many clients ...
+  """
+  if scheme != "natural":
+    raise ValueError(f"partition scheme {scheme!r} re-deals examples into synthetic clients, so one device's "
+                     "examples land in many clients and a per-client guarantee is not a per-device one (its "
+                     "group-privacy factor is the number of clients a device can reach); use partition scheme "
+                     "'natural' under DP")
 
 
 def split_noise_multiplier(noise_multiplier: float, count_noise_std: float) -> float:
@@ -104,6 +130,20 @@ def split_noise_multiplier(noise_multiplier: float, count_noise_std: float) -> f
     raise ValueError(f"count_noise_std={count_noise_std} must exceed noise_multiplier / 2 = "
                      f"{noise_multiplier / 2:g} to leave noise for the delta sum")
   return float((noise_multiplier ** -2 - (2 * count_noise_std) ** -2) ** -0.5)
+
+
+def sampling_probability(scheme: str, *, num_devices: int, clients_per_round: int, cap_ratio: float) -> float:
+  """The q a DP run is accounted at, from configured quantities only (never from the data).
+
+  Example:
+    >>> sampling_probability("activity_capped", num_devices=5000, clients_per_round=200, cap_ratio=2.0)
+    0.08
+  """
+  check_scheme(scheme)
+  q = clients_per_round / num_devices
+  if scheme == "activity_capped":
+    q = min(1.0, cap_ratio * q)
+  return float(q)
 
 
 class DeviceAccountant:

@@ -9,10 +9,17 @@ returns weights that make sum_{selected} w_i delta_i an unbiased estimate of it
   * "poisson": every device independently with q = m / N; w_i = n_i / (n q).
   * "activity": m draws with replacement, P(i) = n_i / n (more available data, more
     likely; Li et al. 2020); each draw has w = 1 / m (duplicates merged, weights added).
-  * "activity_capped": every device independently with p_i = min(cap, c n_i), c such that
-    sum_i p_i = m, cap = cap_ratio * m / N; w_i = n_i / (n p_i). Activity-based, yet no
-    device is much more likely than under uniform sampling: DP amplification holds at
-    q = max_i p_i = cap (see `privacy`).
+  * "activity_capped": every device independently with p_i = min(cap, c n_i),
+    cap = cap_ratio * m / N; w_i = n_i / (n p_i). Activity-based, yet no device is much
+    more likely than under uniform sampling. Two ways to set c:
+      - water filling (default): c such that sum_i p_i = m exactly. c depends on every
+        device's count, so adding or removing one device changes all the others' p_i:
+        NOT for DP.
+      - `rate=c` fixed in advance from public, configured quantities (the DP runs use
+        c = m / (N n_ref), n_ref a configured number of examples per device): p_i is then
+        a function of device i's own data only, and DP amplification holds at q = cap
+        (see `privacy`). The expected number of clients is sum_i p_i, near m when n_ref is
+        near the mean.
 
 weighting="normalized" rescales the weights to sum to 1 (the ratio estimator: lower
 variance, biased by O(1/m)); "unbiased" keeps them as above.
@@ -87,9 +94,32 @@ def capped_probabilities(num_examples: np.ndarray, expected: float, cap: float) 
   return np.where(capped, cap, np.minimum(c * n, cap))
 
 
+def rate_capped_probabilities(num_examples: np.ndarray, rate: float, cap: float) -> np.ndarray:
+  """p_i = min(cap, rate n_i): each device's probability depends on its own count only.
+
+  Example:
+    >>> rate_capped_probabilities(np.array([0, 1, 2, 10]), 0.1, 0.5)
+    array([0. , 0.1, 0.2, 0.5])
+  """
+  n = np.asarray(num_examples, np.float64)
+  if not 0 < cap <= 1:
+    raise ValueError(f"cap (cap_ratio * clients_per_round / num_devices) must be in (0, 1], got {cap}")
+  if not 0 < rate < np.inf:
+    raise ValueError(f"rate (inclusion probability per example) must be finite and > 0, got {rate}")
+  return np.minimum(cap, rate * n)
+
+
 def inclusion_probabilities(scheme: str, num_examples: np.ndarray, clients_per_round: int, *,
-                            cap_ratio: float = 4.0) -> np.ndarray:
+                            cap_ratio: float = 4.0, rate: float | None = None) -> np.ndarray:
   """Per-device probability of taking part in a round (expected draws for "activity").
+
+  Args:
+    scheme: one of SCHEMES.
+    num_examples: int [N], examples on each registered device.
+    clients_per_round: m.
+    cap_ratio: "activity_capped": the cap as a multiple of m / N.
+    rate: "activity_capped": a fixed inclusion probability per example (p_i =
+      min(cap, rate n_i), the DP-compatible form); None: water-filled so sum_i p_i = m.
 
   Example:
     >>> inclusion_probabilities("poisson", np.array([3, 1, 0, 4]), 2)
@@ -97,17 +127,20 @@ def inclusion_probabilities(scheme: str, num_examples: np.ndarray, clients_per_r
   """
   n = _check(num_examples, clients_per_round)
   m, num = clients_per_round, n.size
+  if rate is not None and scheme != "activity_capped":
+    raise ValueError(f"rate only applies to selection scheme 'activity_capped', got {scheme!r}")
   if scheme in ("uniform", "poisson"):
     return np.full(num, m / num)
   if scheme == "activity":
     return m * n / n.sum()
   if scheme == "activity_capped":
-    return capped_probabilities(n, m, min(1.0, cap_ratio * m / num))
+    cap = min(1.0, cap_ratio * m / num)
+    return capped_probabilities(n, m, cap) if rate is None else rate_capped_probabilities(n, rate, cap)
   raise ValueError(f"selection scheme must be one of {SCHEMES}, got {scheme!r}")
 
 
 def select(scheme: str, num_examples: np.ndarray, clients_per_round: int, rng: np.random.Generator, *,
-           cap_ratio: float = 4.0, weighting: str = "unbiased") -> Selection:
+           cap_ratio: float = 4.0, weighting: str = "unbiased", rate: float | None = None) -> Selection:
   """Draws one round's devices and their aggregation weights.
 
   Args:
@@ -117,6 +150,8 @@ def select(scheme: str, num_examples: np.ndarray, clients_per_round: int, rng: n
     rng: the round's generator (seed it with (seed, round) so reruns draw the same).
     cap_ratio: "activity_capped": the largest p_i as a multiple of m / N.
     weighting: "unbiased" (Horvitz-Thompson) or "normalized" (sum to 1).
+    rate: "activity_capped" only: fixed per-example inclusion probability (the DP form,
+      see `inclusion_probabilities`); None: water filling.
 
   Returns:
     A Selection with sorted distinct ids. Poisson schemes may select 0 devices.
@@ -132,7 +167,7 @@ def select(scheme: str, num_examples: np.ndarray, clients_per_round: int, rng: n
     ids = np.sort(rng.choice(num, m, replace=False))
     weights = n[ids] * num / (total * m)
   elif scheme in ("poisson", "activity_capped"):
-    p = inclusion_probabilities(scheme, n, m, cap_ratio=cap_ratio)
+    p = inclusion_probabilities(scheme, n, m, cap_ratio=cap_ratio, rate=rate)
     ids = np.flatnonzero(rng.random(num) < p)
     weights = n[ids] / (total * p[ids])
   elif scheme == "activity":

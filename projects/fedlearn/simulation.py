@@ -31,7 +31,8 @@ import tqdm
 from jax.sharding import Mesh
 
 from libs.train.mesh import data_sharding, replicated
-from projects.fedlearn.algorithms import Clients, FedAlgorithm, ServerState
+from libs.train.metrics import check_finite
+from projects.fedlearn.algorithms import Clients, FedAlgorithm, ServerState, check_dp_weights
 
 
 def pad_clients(clients: Clients, weights: np.ndarray, multiple: int) -> tuple[Clients, np.ndarray]:
@@ -91,6 +92,8 @@ def build_round(alg: FedAlgorithm, mesh: Mesh, *, donate: bool = False) -> Calla
                    donate_argnums=(0,) if donate else ())
 
   def round_fn(state: ServerState, clients: Clients, weights, key):
+    if alg.dp is not None:
+      check_dp_weights(weights)
     num = clients.mask.shape[0]
     if num % mesh.size:
       raise ValueError(f"{num} clients do not split over {mesh.size} devices; pad them with pad_clients")
@@ -271,6 +274,7 @@ def validate(config) -> None:
   _require(s.scheme in SCHEMES, "selection.scheme", f"must be one of {SCHEMES}", s.scheme)
   _require(s.weighting in WEIGHTINGS, "selection.weighting", f"must be one of {WEIGHTINGS}", s.weighting)
   _number(config, "selection.cap_ratio", 1.0, math.inf, high_open=True)
+  _number(config, "selection.reference_examples", 0.0, math.inf, high_open=True)
   _number(config, "selection.dropout", 0.0, 1.0, high_open=True)
   _require(s.dropout_mode in DROPOUT_MODES, "selection.dropout_mode", f"must be one of {DROPOUT_MODES}",
            s.dropout_mode)
@@ -297,6 +301,12 @@ def validate(config) -> None:
                f"(default: expected clients / 20) must exceed dp.noise_multiplier / 2 = {dp.noise_multiplier / 2:g}",
                count_std)
     _require(dp.accountant in ("rdp", "pld"), "dp.accountant", "must be 'rdp' or 'pld'", dp.accountant)
+    _require(isinstance(dp.insecure_reproducible_noise, bool), "dp.insecure_reproducible_noise", "must be a bool",
+             dp.insecure_reproducible_noise)
+    try:
+      privacy.check_partition(config.partition.scheme)
+    except ValueError as e:
+      raise ValueError(f"config.partition.scheme={config.partition.scheme!r} with dp.enabled: {e}") from None
     _require(config.fl.algorithm != "scaffold", "fl.algorithm",
              "must not be scaffold with dp.enabled (control variates are released without noise)",
              config.fl.algorithm)
@@ -396,12 +406,16 @@ def _pad_size(num: int, expected: float, multiple: int) -> int:
   return max(-(-num // multiple), -(-upper // multiple)) * multiple
 
 
-def _device_privacy(cfg, num_devices: int, probabilities: np.ndarray):
-  """(DeviceAccountant, DPConfig) for a DP run: noise calibrated to the target unless given."""
+def _device_privacy(cfg, num_devices: int):
+  """(DeviceAccountant, DPConfig) for a DP run: noise calibrated to the target unless given.
+
+  q comes from configured quantities only (`privacy.sampling_probability`): the largest
+  realised p_i is a function of the private data.
+  """
   from projects.fedlearn import privacy  # pylint: disable=import-outside-toplevel
   from projects.fedlearn.algorithms import DPConfig  # pylint: disable=import-outside-toplevel
   dp, s, m = cfg.dp, cfg.selection, cfg.fl.clients_per_round
-  q = float(np.max(probabilities))
+  q = privacy.sampling_probability(s.scheme, num_devices=num_devices, clients_per_round=m, cap_ratio=s.cap_ratio)
   z = dp.noise_multiplier or privacy.calibrate_noise_multiplier(
       dp.target_epsilon, dp.delta, cfg.fl.rounds, s.scheme, num_devices=num_devices, clients_per_round=m,
       max_probability=q, accountant=dp.accountant)
@@ -420,18 +434,39 @@ def _device_privacy(cfg, num_devices: int, probabilities: np.ndarray):
   return acct, config
 
 
-def _max_probability(cfg, train) -> np.ndarray:
-  """Largest per-device inclusion probability over every period the run will see."""
-  from projects.fedlearn import continual  # pylint: disable=import-outside-toplevel
-  from projects.fedlearn import selection  # pylint: disable=import-outside-toplevel
-  s = cfg.selection
-  periods = range(cfg.data.num_periods) if cfg.continual.enabled else [None]
-  probs = []
-  for p in periods:
-    n = train.num_examples() if p is None else continual.available(
-        train, p, cfg.continual.storage_budget or None).num_examples()
-    probs.append(selection.inclusion_probabilities(s.scheme, n, cfg.fl.clients_per_round, cap_ratio=s.cap_ratio))
-  return np.max(np.stack(probs), axis=0)
+def round_randomness(cfg):
+  """(init key, round key, selection seed, DpRandomness or None) of one sub-run.
+
+  Without DP everything derives from cfg.seed. With DP the round key (client order and the
+  server's Gaussian noise) and the selection seed come from `DpRandomness`: the operating
+  system's secret randomness unless cfg.dp.insecure_reproducible_noise, because cfg.seed is
+  published in results.json. A resumed DP run draws fresh secret randomness.
+
+  Example:
+    >>> init_key, round_key, selection_seed, dp_rand = round_randomness(cfg)
+  """
+  init_key, train_key = jax.random.split(jax.random.key(cfg.seed))
+  if not cfg.dp.enabled:
+    return init_key, train_key, cfg.seed, None
+  from libs.dp.randomness import DpRandomness  # pylint: disable=import-outside-toplevel
+  dp_rand = DpRandomness.from_config(cfg.seed, cfg.dp.insecure_reproducible_noise)
+  return init_key, dp_rand.key("fedlearn_rounds"), dp_rand.seed("fedlearn_selection"), dp_rand
+
+
+def _selection_rate(cfg, num_devices: int) -> float | None:
+  """DP runs with "activity_capped": the fixed per-example rate m / (N n_ref) (see `selection`)."""
+  if not (cfg.dp.enabled and cfg.selection.scheme == "activity_capped"):
+    return None
+  reference = cfg.selection.reference_examples or cfg.data.mean_examples
+  return cfg.fl.clients_per_round / (num_devices * reference)
+
+
+# What a DP-FedAvg run's guarantee covers, recorded with its epsilon in results.json.
+_DP_SCOPE = ("per device (add/remove one device with all its examples): the noisy sums of clipped deltas and "
+             "the noisy clipped count (adaptive clipping) of every round, hence the model and everything "
+             "computed from it; metrics of DP runs hold only private quantities (epsilon, clip norm, noisy "
+             "unclipped fraction) and test-set metrics on held-out devices. Not covered: the test devices "
+             "(not training data) and the configured quantities (N, m, n_ref), which are public.")
 
 
 def run_federated(name: str, cfg, workdir: str, world: _World, writer, mesh: Mesh) -> dict:
@@ -454,14 +489,14 @@ def run_federated(name: str, cfg, workdir: str, world: _World, writer, mesh: Mes
            f"must be <= the number of clients ({num_clients})", fl.clients_per_round)
   accountant, dp_config = None, None
   if cfg.dp.enabled:
-    accountant, dp_config = _device_privacy(cfg, num_clients, _max_probability(cfg, train))
+    accountant, dp_config = _device_privacy(cfg, num_clients)
+  rate = _selection_rate(cfg, num_clients)
   client = alg_lib.ClientConfig(fl.client_learning_rate, fl.num_epochs, fl.batch_size, fl.num_steps,
                                 fl.prox_mu if fl.algorithm == "fedprox" else 0.0)
   alg = alg_lib.make_algorithm(fl.algorithm, task.example_losses, client, server_optimizer_name=fl.server_optimizer,
                                server_learning_rate=fl.server_learning_rate, num_devices=num_clients, dp=dp_config,
                                chunk_size=fl.chunk_size)
-  root = jax.random.key(cfg.seed)
-  init_key, train_key = jax.random.split(root)
+  init_key, train_key, selection_seed, dp_rand = round_randomness(cfg)
   state = alg.init(task.init(init_key))
   state = replicate_tree(state, mesh)
   run_dir = os.path.join(workdir, name)
@@ -508,9 +543,9 @@ def run_federated(name: str, cfg, workdir: str, world: _World, writer, mesh: Mes
       if accountant is not None:
         accountant.check_next_round()  # PrivacyBudgetExceeded before overspending.
       held, counts, _ = period_data(r // rounds_per_period)
-      rng = np.random.default_rng((cfg.seed, 7, r))
+      rng = np.random.default_rng((selection_seed, 7, r))
       sel = selection.select(s.scheme, counts, fl.clients_per_round, rng, cap_ratio=s.cap_ratio,
-                             weighting=s.weighting)
+                             weighting=s.weighting, rate=rate)
       sel, survived = selection.apply_dropout(sel, s.dropout, rng, weighting=s.weighting, mode=s.dropout_mode)
       weights = survived.astype(np.float32) if accountant is not None else sel.weights.astype(np.float32)
       batch = held.client_batch(sel.ids, cfg.data.max_examples_per_client, rng)
@@ -525,20 +560,31 @@ def run_federated(name: str, cfg, workdir: str, world: _World, writer, mesh: Mes
         store.add(sel.ids, jax.tree.map(lambda x: x[:num], diag["control_delta"]), survived)
       if accountant is not None:
         accountant.record_round()
-      w = np.where(survived, 1.0, 0.0) * np.asarray(batch.num_examples, np.float64)
-      row = {f"{name}/train/loss": float(np.sum(w * diag["loss"][:num]) / max(w.sum(), 1.0)),
-             f"{name}/clients": float(survived.sum()), f"{name}/dropped": float(sel.num_dropped)}
-      if accountant is not None:
-        row[f"{name}/privacy/epsilon"] = accountant.epsilon()
-        row[f"{name}/dp/clip_norm"] = float(diag["server/clip_norm"])
-        row[f"{name}/dp/clipped_fraction"] = float(np.sum(diag["clipped"][:num] * survived) / max(survived.sum(), 1))
+      bad = int(np.sum(~np.isfinite(diag["delta_norm"][:num]) & survived))
+      if bad:  # Under DP these contributed zero to the sum; still a bug to report, not to train on.
+        raise FloatingPointError(f"run {name!r}, round {r + 1}: {bad} of {int(survived.sum())} client updates "
+                                 "have a non-finite norm (quantity: client delta)")
+      if accountant is None:
+        w = np.where(survived, 1.0, 0.0) * np.asarray(batch.num_examples, np.float64)
+        row = {f"{name}/train/loss": float(np.sum(w * diag["loss"][:num]) / max(w.sum(), 1.0)),
+               f"{name}/clients": float(survived.sum()), f"{name}/dropped": float(sel.num_dropped)}
+      else:
+        # Only private quantities: the exact training loss, realised participant count and
+        # clipped fraction of the sampled devices are not accounted for, so DP runs never log them.
+        row = {f"{name}/privacy/epsilon": accountant.epsilon(),
+               f"{name}/dp/clip_norm": float(diag["server/clip_norm"])}
+        if cfg.dp.adaptive:
+          row[f"{name}/dp/noisy_unclipped_fraction"] = float(diag["server/unclipped_fraction"])
       if (r + 1) % fl.eval_every == 0 or r + 1 == fl.rounds or (
           cfg.continual.enabled and (r + 1) % rounds_per_period == 0):
         last_eval = eval_row(r)
         row.update(last_eval)
       writer.write_scalars(r + 1, row)
       progress.update(1)
-      progress.set_postfix(loss=f"{row[f'{name}/train/loss']:.3f}")
+      if accountant is None:
+        progress.set_postfix(loss=f"{row[f'{name}/train/loss']:.3f}")
+      else:
+        progress.set_postfix(eps=f"{row[f'{name}/privacy/epsilon']:.3g}")
       if store is not None and ((r + 1) % fl.checkpoint_every == 0 or r + 1 == fl.rounds or guard.stop_requested):
         sd = store.state_dict()
         np.savez(os.path.join(run_dir, f"control_{r + 1}.npz"), **sd)
@@ -567,8 +613,11 @@ def run_federated(name: str, cfg, workdir: str, world: _World, writer, mesh: Mes
     result["mean_period_accuracy"] = float(np.mean(accs)) if accs else float("nan")
   if accountant is not None:
     result["privacy"] = dict(accountant.summary(), clip_norm_final=float(state.clip_norm),
-                             adaptive_clipping=bool(cfg.dp.adaptive), noise_multiplier_delta=dp_config.noise_multiplier)
+                             adaptive_clipping=bool(cfg.dp.adaptive), noise_multiplier_delta=dp_config.noise_multiplier,
+                             count_noise_std=dp_config.count_noise_std, selection_rate=rate,
+                             randomness=dp_rand.describe(), guarantee="formal", covers=_DP_SCOPE)
     result["target_epsilon"] = cfg.dp.target_epsilon
+  check_finite(fl.rounds, {f"{name}/test/loss": result["test_loss"], f"{name}/test/accuracy": result["test_accuracy"]})
   return result
 
 

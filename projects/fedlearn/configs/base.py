@@ -62,6 +62,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.selection.scheme = "uniform"
   c.selection.weighting = "unbiased"
   c.selection.cap_ratio = 4.0
+  # DP runs with activity_capped: p_i = min(cap, m n_i / (N n_ref)), n_ref a public number of
+  # examples per device fixed in advance (0: data.mean_examples); see selection.py.
+  c.selection.reference_examples = 0.0
   c.selection.dropout = 0.0
   c.selection.dropout_mode = "independent"
 
@@ -80,6 +83,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.dp.clip_learning_rate = 0.2
   c.dp.count_noise_std = 0.0  # 0: expected clients / 20 (Andrew et al. 2021)
   c.dp.accountant = "rdp"
+  # True only for tests and debugging: DP noise and sampling from `seed` (published in
+  # results.json), so the guarantee does not hold against anyone who knows it.
+  c.dp.insecure_reproducible_noise = False
 
   c.centralized = ml_collections.ConfigDict()
   c.centralized.epochs = 3
