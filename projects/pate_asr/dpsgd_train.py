@@ -10,10 +10,14 @@ optimizer after the noise is post-processing).
 
 Privacy: utterance-level (add/remove one utterance), Poisson-subsampled Gaussian
 mechanism composed over the steps, RDP accountant (`libs.accounting`); a per-model
-`PrivacyLedger` refuses any step that would pass its target.
+`PrivacyLedger` refuses any step that would pass its target. The Gaussian noise and the
+Poisson samples come from `DpRandomness` (`dp_streams`), never from config.seed, which is
+published in results.json.
 
 Example:
-  >>> result = train_dpsgd(config, workdir + "/dpsgd", model, sensitive, targets=[1, 2, 5, 10])
+  >>> rand = DpRandomness.from_config(config.seed, config.insecure_reproducible_noise)
+  >>> result = train_dpsgd(config, workdir + "/dpsgd", model, sensitive, targets=[1, 2, 5, 10],
+  ...                      delta=1e-5, rand=rand, name="matched")
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from libs.data import pipeline
 from libs.dp import ghost
 from libs.dp import noise as noise_lib
 from libs.dp import sampling
+from libs.dp.randomness import DpRandomness
 from libs.train import checkpoint as ckpt_lib
 from libs.train.state import TrainState
 from projects.pate_asr import asr
@@ -61,23 +66,35 @@ def _optimizer(dcfg, noise_multiplier, expected_batch_size, key):
                          expected_batch_size=expected_batch_size, key=key, optimizer=optax.adam(schedule))
 
 
+def dp_streams(rand: DpRandomness, name: str, num: int) -> tuple[jax.Array, int]:
+  """The Gaussian noise keys (one per model) and the Poisson sampler seed of DP-SGD run `name`.
+
+  Anyone who can regenerate the noise or the sample can undo the guarantee, so both come
+  from `rand` (a secret unless the config asks for insecure reproducible noise), never from
+  the published config.seed. `name` (the scenario) keeps the streams of runs on overlapping
+  sensitive data independent.
+  """
+  return jax.random.split(rand.key(f"dpsgd_noise/{name}"), num), rand.seed(f"dpsgd_sampling/{name}")
+
+
 def train_dpsgd(config: ml_collections.ConfigDict, workdir: str, model, sensitive: pipeline.SpeechSplit,
-                targets: Sequence[float], *, delta: float, progress: bool = True) -> DpsgdResult:
+                targets: Sequence[float], *, delta: float, rand: DpRandomness, name: str,
+                progress: bool = True) -> DpsgdResult:
   dcfg = config.dpsgd
   os.makedirs(workdir, exist_ok=True)
   n = len(sensitive)
   q = min(1.0, dcfg.expected_batch_size / n)
   sigmas = [accounting.calibrate_noise_multiplier(t, delta, q, dcfg.num_steps) for t in targets]
   num = len(targets)
-  root = jax.random.fold_in(jax.random.key(config.seed), 3)
-  init_key, noise_root, aug_root = jax.random.split(root, 3)
+  # Initialization and SpecAugment are not DP randomness: they stay reproducible from config.seed.
+  init_key, _, aug_root = jax.random.split(jax.random.fold_in(jax.random.key(config.seed), 3), 3)
   params = ensemble.init_stacked(model, init_key, num, sensitive.features[0].shape[1])
-  noise_keys = jax.random.split(noise_root, num)
+  noise_keys, sampler_seed = dp_streams(rand, name, num)
   # The optimizer's structure does not depend on sigma; sigma is an argument of the step.
   state = jax.jit(jax.vmap(lambda p, k: TrainState(jnp.zeros((), jnp.int32), p,
                                                    _optimizer(dcfg, 1.0, q * n, k).init(p))))(params, noise_keys)
   ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), save_every=dcfg.checkpoint_every)
-  state = ckpt.restore_or(state)
+  state = ckpt.restore_or(state)  # On resume the noise keys are the checkpointed (still secret) ones.
   start = int(np.asarray(jax.device_get(state.step))[0])
   spec = asr.spec_augment_config(config.train)
 
@@ -98,7 +115,10 @@ def train_dpsgd(config: ml_collections.ConfigDict, workdir: str, model, sensitiv
     return TrainState(state.step + 1, optax.apply_updates(state.params, updates), opt_state)
 
   apply_step = jax.jit(jax.vmap(apply, in_axes=(0, 0, 0, None)), donate_argnums=(0,))
-  sampler = sampling.PoissonSampler(n, q, seed=config.seed)
+  # The sample of step t is a function of (seed, t). A resumed run with secret randomness
+  # draws a new seed, so its remaining steps use a different stream: as private, since each
+  # step's Poisson sample is independent of everything released before.
+  sampler = sampling.PoissonSampler(n, q, seed=sampler_seed)
   buckets = pipeline.frame_buckets(sensitive.feature_lengths, config.train.num_buckets)
   widths = pipeline.bucket_label_widths(sensitive, buckets)
   ledgers = []

@@ -17,6 +17,12 @@ skipped on a rerun once finished):
   6. dpsgd/      DP-SGD, one model per finite target, noise calibrated to it;
   7. results.json, the table, figures/wer_vs_epsilon.png.
 
+DP randomness (the aggregators' noise, the smooth-sensitivity release noise, DP-SGD's
+noise and Poisson samples) comes from `DpRandomness`: a secret from the operating system
+unless `config.insecure_reproducible_noise`, never from config.seed, which results.json
+publishes. Every record with a DP epsilon says which (`"randomness"`), and a workdir keeps
+the kind it was started with (`dp_randomness.json`), since its outputs are reused on a rerun.
+
 Example:
   >>> results = run(quick.get_config(), "workdirs/pate_quick")
 """
@@ -36,6 +42,7 @@ from dp_accounting.rdp import rdp_privacy_accountant
 
 from libs.accounting import pate as pate_accounting
 from libs.data import pipeline
+from libs.dp.randomness import INSECURE, DpRandomness
 from libs.speech import wer as wer_lib
 from libs.speech.tokenizer import CharTokenizer
 from projects.pate_asr import aggregation
@@ -118,6 +125,42 @@ def _label_split(public: pipeline.SpeechSplit, labels: aggregation.Labels, indic
   return sub
 
 
+def aggregation_key(rand: DpRandomness, scenario: str) -> jax.Array:
+  """The key of the aggregators' noise in `scenario` (folded with each method's index).
+
+  From `rand`, never from the published config.seed: whoever can regenerate the noise can
+  remove it from the released labels. Per scenario: their sensitive data overlap.
+  """
+  return rand.key(f"pate_aggregation/{scenario}")
+
+
+def release_seed(rand: DpRandomness, scenario: str, method: str, target: float) -> int:
+  """The seed of one smooth-sensitivity release: independent noise for every released value
+  (shared noise would publish the exact differences between them)."""
+  return rand.seed(f"smooth_sensitivity/{scenario}/{method}/{target:g}")
+
+
+def check_workdir_randomness(workdir: str, rand: DpRandomness) -> None:
+  """Refuses to mix kinds of DP randomness in one workdir.
+
+  A rerun reuses the labels, the DP-SGD checkpoint (with its noise keys) and the releases,
+  so the records' "randomness" is right only if every run of the workdir used the same kind.
+  DP outputs of workdirs started before the marker existed drew their noise from config.seed.
+  """
+  path = os.path.join(workdir, "dp_randomness.json")
+  recorded = _stage_done(path)
+  if recorded is None:
+    started = any(os.path.isdir(os.path.join(workdir, s, d)) for s in ("matched", "mismatched")
+                  for d in ("labels", "dpsgd"))
+    recorded = {"randomness": INSECURE if started else rand.describe()}
+    os.makedirs(workdir, exist_ok=True)
+    write_json(path, recorded)
+  if recorded["randomness"] != rand.describe():
+    raise ValueError(f"config.insecure_reproducible_noise: the workdir {workdir} holds DP outputs made with "
+                     f"{recorded['randomness']} randomness, this run would use {rand.describe()}; use a fresh "
+                     f"workdir (or the setting it was started with)")
+
+
 def _stage_done(path: str) -> dict | None:
   return json.load(open(path)) if os.path.exists(path) else None
 
@@ -131,7 +174,8 @@ def _train_or_load(path_json, fn):
   return out
 
 
-def run_scenario(config, workdir: str, splits: data_lib.Splits, tokenizer: CharTokenizer, scenario: str) -> list[dict]:
+def run_scenario(config, workdir: str, splits: data_lib.Splits, tokenizer: CharTokenizer, scenario: str,
+                 rand: DpRandomness) -> list[dict]:
   pcfg = config.pate
   progress = config.get("progress", True)
   os.makedirs(workdir, exist_ok=True)
@@ -183,7 +227,7 @@ def run_scenario(config, workdir: str, splits: data_lib.Splits, tokenizer: CharT
   label_dir = os.path.join(workdir, "labels")
   os.makedirs(label_dir, exist_ok=True)
   orders = np.asarray(pcfg.orders if pcfg.orders else pate_accounting.DEFAULT_ORDERS, np.float64)
-  label_key = jax.random.fold_in(jax.random.key(config.seed), 5)
+  label_key = aggregation_key(rand, scenario)
   all_labels = {}
   for m, method in enumerate(("plurality",) + tuple(pcfg.methods)):
     path = os.path.join(label_dir, f"{method}.npz")
@@ -200,7 +244,12 @@ def run_scenario(config, workdir: str, splits: data_lib.Splits, tokenizer: CharT
     all_labels[method] = labels
 
   # 4. Accounting: the released prefix of each (aggregator, target).
-  order = np.random.default_rng((config.seed, 13)).permutation(len(roles.public))  # Release order.
+  # Release order: a permutation of the public utterances, not DP randomness.
+  order = np.random.default_rng((config.seed, 13)).permutation(len(roles.public))
+  # A rerun must republish the same noisy estimates: fresh noise on the same value would be a
+  # second release (and averaging them would shrink the noise).
+  release_path = os.path.join(label_dir, "smooth_sensitivity_releases.json")
+  releases = _stage_done(release_path) or {}
   points = []  # (method, target, released indices, record)
   for method in ("plurality",) + tuple(pcfg.methods):
     labels = all_labels[method]
@@ -243,8 +292,16 @@ def run_scenario(config, workdir: str, splits: data_lib.Splits, tokenizer: CharT
           "label_wer": wer_lib.word_error_rate(refs, hyps) if used.size else None,
           "epsilon_floor": floor_eps,
       }
+      if method != "plurality":
+        record["randomness"] = rand.describe()
       if method in ("gnmax", "confident_gnmax") and count and pcfg.budget == "data_dependent":
-        record["released_epsilon"] = _release(pcfg, labels, released, costs, orders, method)
+        key = (f"{method} target={target:g} released={count} "
+               f"ss=({pcfg.ss_order:g}, {pcfg.ss_beta:g}, {pcfg.ss_sigma:g})")
+        if key not in releases:
+          releases[key] = _release(pcfg, labels, released, costs, orders, method,
+                                   rng=release_seed(rand, scenario, method, target))
+          write_json(release_path, releases)
+        record["released_epsilon"] = releases[key]
       points.append((method, target, used, record))
 
   # 5. Students, one per distinct label set (same method and released utterances).
@@ -268,7 +325,7 @@ def run_scenario(config, workdir: str, splits: data_lib.Splits, tokenizer: CharT
   def dpsgd():
     targets = [float(t) for t in pcfg.target_epsilons]
     r = dpsgd_train.train_dpsgd(config, os.path.join(workdir, "dpsgd"), model, roles.sensitive, targets,
-                                delta=pcfg.delta, progress=progress)
+                                delta=pcfg.delta, rand=rand, name=scenario, progress=progress)
     if r.preempted:
       raise Preempted("dpsgd")
     return {"test_wer": test_wers(r), "noise_multipliers": r.noise_multipliers, "epsilons": r.epsilons,
@@ -281,15 +338,17 @@ def run_scenario(config, workdir: str, splits: data_lib.Splits, tokenizer: CharT
     records.append({"method": "dpsgd", "scenario": scenario, "target_epsilon": float(target), "epsilon": eps,
                     "delta": pcfg.delta, "wer": w, "unit": "utterance", "accountant": "rdp (Poisson subsampled Gaussian)",
                     "queries_answered": None, "queries_total": None, "noise_multiplier": sigma,
-                    "sampling_probability": dp_out["sampling_probability"], "steps": dp_out["steps"]})
+                    "sampling_probability": dp_out["sampling_probability"], "steps": dp_out["steps"],
+                    "randomness": rand.describe()})
   records.append({"method": "nonprivate", "scenario": scenario, "target_epsilon": math.inf, "epsilon": math.inf,
                   "delta": 0.0, "wer": floor_out["test_wer"], "unit": "none", "accountant": "none",
                   "queries_answered": None, "queries_total": None})
   return records
 
 
-def _release(pcfg, labels, released, costs, orders, method) -> dict:
-  """GNSS release of the data-dependent cost at `pcfg.ss_order` (Papernot et al. 2018)."""
+def _release(pcfg, labels, released, costs, orders, method, *, rng: int) -> dict:
+  """GNSS release of the data-dependent cost at `pcfg.ss_order` (Papernot et al. 2018),
+  with noise seeded by `rng` (secret: see `release_seed`)."""
   votes = np.concatenate([labels.votes[i] for i in released])
   answered = np.concatenate([labels.answered[i] for i in released])
   cfg_kwargs = dict(sigma=pcfg.gnmax_sigma) if method == "gnmax" else dict(
@@ -300,7 +359,7 @@ def _release(pcfg, labels, released, costs, orders, method) -> dict:
   k = int(np.argmin(np.abs(orders - pcfg.ss_order)))
   rdp_dd = float(costs.dependent[released, k].sum())
   r = pate_accounting.release_data_dependent_epsilon(rdp_dd, ss, pcfg.ss_beta, pcfg.ss_sigma, float(orders[k]),
-                                                     pcfg.delta, rng=int(pcfg.ss_seed))
+                                                     pcfg.delta, rng=rng)
   return {"order": r.order, "smooth_sensitivity": ss, "noisy_epsilon_estimate": r.noisy_epsilon,
           "release_epsilon": r.release_epsilon,
           "note": "noisy_epsilon_estimate is a noisy estimate of the data-dependent cost (no worst-case "
@@ -360,13 +419,14 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict | None:
   validation.validate(config)
   validation.validate_pate(config)
   start = time.perf_counter()
-  os.makedirs(workdir, exist_ok=True)
+  rand = DpRandomness.from_config(config.seed, config.insecure_reproducible_noise)
+  check_workdir_randomness(workdir, rand)  # Before any work.
   tokenizer = CharTokenizer()
   splits = data_lib.load_splits(config, tokenizer)
   records = []
   try:
     for scenario in config.pate.scenarios:
-      records += run_scenario(config, os.path.join(workdir, scenario), splits, tokenizer, scenario)
+      records += run_scenario(config, os.path.join(workdir, scenario), splits, tokenizer, scenario, rand)
   except Preempted as e:
     print(f"stopped by a signal during stage {e}; rerun the same command to resume")
     return None

@@ -72,6 +72,9 @@ TRAIN_FIELDS = ("batch_size", "num_steps", "log_every", "checkpoint_every", "num
 
 def validate_pate(config: ml_collections.ConfigDict) -> None:
   """Checks the sections of a PATE sweep config (`validate` covers the shared ones)."""
+  noise = config.get("insecure_reproducible_noise")
+  _require(isinstance(noise, bool), "insecure_reproducible_noise", "must be a bool (False: secret DP noise; "
+           "True only for tests/debugging)", noise)
   p = config.pate
   for scenario in p.scenarios:
     _require(scenario in ("matched", "mismatched"), "pate.scenarios", "must hold 'matched'/'mismatched'", scenario)

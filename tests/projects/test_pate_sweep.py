@@ -42,9 +42,11 @@ def test_pate_sweep_end_to_end_and_resume(tiny_corpus_dir, tmp_path):
       assert r["epsilon_data_dependent"] <= r["epsilon_data_independent"] + 1e-9
       assert 0 <= r["queries_answered"] <= r["queries_total"]
       assert r["utterances_labeled"] <= r["utterances_released"] <= r["public_utterances"]
+      assert r["randomness"] == "os-secret"  # The shipped default: noise not derived from the seed.
     if r["method"] == "dpsgd":
       assert r["epsilon"] <= r["target_epsilon"] + 1e-6 and r["unit"] == "utterance"
       assert r["noise_multiplier"] > 0
+      assert r["randomness"] == "os-secret"
     assert 0.0 <= r["wer"] <= 5.0
   # A larger budget never releases fewer answers.
   for m in ("pate_lnmax", "pate_gnmax", "pate_confident_gnmax", "pate_noisy_average"):
@@ -52,7 +54,14 @@ def test_pate_sweep_end_to_end_and_resume(tiny_corpus_dir, tmp_path):
     assert by_target[10.0]["queries_total"] >= by_target[2.0]["queries_total"]
   noiseless = [r for r in records if r["method"] == "pate_noiseless"][0]
   assert math.isinf(noiseless["epsilon"]) and noiseless["queries_answered"] == noiseless["queries_total"] > 0
+  assert results["config"]["insecure_reproducible_noise"] is False
+  assert json.load(open(os.path.join(workdir, "dp_randomness.json"))) == {"randomness": "os-secret"}
   scenario = os.path.join(workdir, "matched")
+  # The smooth-sensitivity releases are kept, so that a rerun republishes the same noisy values.
+  released = [r["released_epsilon"] for r in records if "released_epsilon" in r]
+  assert released
+  kept = json.load(open(os.path.join(scenario, "labels", "smooth_sensitivity_releases.json")))
+  assert all(r in kept.values() for r in released)
   for stage in ("floor", "teachers", "dpsgd"):
     assert os.path.exists(os.path.join(scenario, stage, "done.json")), stage
   for m in ("plurality", "lnmax", "gnmax", "confident_gnmax", "noisy_average"):
