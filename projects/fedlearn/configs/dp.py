@@ -3,9 +3,12 @@
 Command:
   python -m projects.fedlearn.main --config=projects/fedlearn/configs/dp.py --workdir=workdirs/fl_dp
 
-5,000 devices, expected 200 per round over 40 rounds, each device sampled independently with
-p_i = min(2 m / N, c n_i) ("activity_capped"), so the accounting is valid at q = max_i p_i =
-0.08. Each device's delta is clipped (adaptive quantile clipping, target median, Andrew et al.
+5,000 devices, about 200 per round over 40 rounds, each device sampled independently with
+p_i = min(2 m / N, m n_i / (N n_ref)) ("activity_capped" with a per-example rate fixed in
+advance, n_ref = 1.5 examples: p_i depends on device i's own data only), so the accounting is
+valid at q = cap = 0.08. n_ref is a public hyperparameter: the generated population's activity
+is heavy-tailed (median 1 example, mean 21), and n_ref = 1.5 gives ~211 expected devices per
+round on it; a deployment sets it from public knowledge, never from the private counts. Each device's delta is clipped (adaptive quantile clipping, target median, Andrew et al.
 2021), the sum gets Gaussian noise and is divided by the expected number of devices. The
 noise multiplier is calibrated (RDP, delta = 1e-5, add/remove one device) so that the 40
 rounds spend exactly the target epsilon; a run that would pass it stops with
@@ -32,6 +35,7 @@ def get_config():
   c.fl.eval_every = 5
   c.selection.scheme = "activity_capped"
   c.selection.cap_ratio = 2.0
+  c.selection.reference_examples = 1.5
   c.dp.enabled = True
   c.dp.delta = 1e-5
   c.dp.clip_norm = 0.5
