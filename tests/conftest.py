@@ -7,8 +7,14 @@ import os
 # LLVM optimisation passes compiles about twice as fast, which is most of `make test`'s time.
 # The entrypoint tests (tests/projects/*_main.py, test_pate_sweep.py) set the same flag for
 # their subprocesses, which run on the one real CPU device.
-os.environ.setdefault("XLA_FLAGS",
-                      "--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0")
+# Flags a user already set (e.g. XLA_FLAGS=--xla_backend_optimization_level=0 make test) are kept;
+# the 8 fake devices are added whatever they are, since the multi-device tests need them.
+_flags = os.environ.get("XLA_FLAGS", "")
+if "--xla_force_host_platform_device_count" not in _flags:
+  _flags += " --xla_force_host_platform_device_count=8"
+if "--xla_backend_optimization_level" not in _flags:
+  _flags += " --xla_backend_optimization_level=0"
+os.environ["XLA_FLAGS"] = _flags.strip()
 os.environ.setdefault("TSML_JAX_CACHE", "off")
 
 import pytest  # noqa: E402
