@@ -9,7 +9,10 @@ where `loss_fn(params, *batch)` computes the loss of a batch and is called on ea
 example separately with a leading batch axis of size 1 (under `jax.vmap`), so any flax
 model that takes batches works unchanged. Per-example weights `w_i` in [0, 1] mark
 padding: examples with weight 0 contribute exactly nothing (even if their gradient is
-not finite), which lets Poisson-sampled batches be padded to a fixed shape.
+not finite), which lets Poisson-sampled batches be padded to a fixed shape. Weights
+outside [0, 1] (or NaN) are an error: a weight of 2 would double the sensitivity of the
+sum, voiding the DP guarantee. Concrete weights raise a ValueError at the call; traced
+ones (under `jax.jit`) make the compiled call fail when it runs (`_check_example_weights`).
 `microbatch_size` processes the batch in chunks (a `lax.scan`), trading speed for memory.
 
 See `libs.dp.ghost` for clipping without materializing per-example gradients.
@@ -26,6 +29,7 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 def tree_l2_norm(tree: Any) -> jax.Array:
@@ -47,6 +51,66 @@ def clip_factor(norms: jax.Array, l2_clip_norm: float) -> jax.Array:
 def _check_clip_norm(l2_clip_norm: float) -> None:
   if not (l2_clip_norm >= 0):  # Also rejects NaN.
     raise ValueError(f"l2_clip_norm must be >= 0 (inf for no clipping), got {l2_clip_norm}")
+
+
+_SHOWN_BAD_WEIGHTS = 5  # Offending weights quoted in the error message.
+
+
+def _raise_on_bad_weights(weights) -> None:
+  """Raises ValueError naming the weights outside [0, 1] (NaN included), if any."""
+  w = np.asarray(weights, np.float32).reshape(-1)
+  bad = np.flatnonzero(~((w >= 0) & (w <= 1)))  # NaN fails both comparisons.
+  if bad.size:
+    shown = ", ".join(f"example_weights[{i}]={w[i]}" for i in bad[:_SHOWN_BAD_WEIGHTS])
+    more = f" and {bad.size - _SHOWN_BAD_WEIGHTS} more" if bad.size > _SHOWN_BAD_WEIGHTS else ""
+    raise ValueError(f"example_weights must lie in [0, 1] (NaN is not allowed): a weight above 1 multiplies "
+                     f"the sensitivity of the clipped sum, voiding the DP guarantee; got {shown}{more}")
+
+
+def _weights_check_on_host(weights) -> np.ndarray:
+  """`_raise_on_bad_weights` as a pure callback: returns a float32 zero if `weights` are valid."""
+  _raise_on_bad_weights(weights)
+  return np.zeros((), np.float32)
+
+
+def _check_example_weights(example_weights, weights: jax.Array) -> jax.Array:
+  """Rejects per-example weights outside [0, 1] (or NaN).
+
+  Args:
+    example_weights: the weights as the caller passed them.
+    weights: the same as a float32 [B] array, as used by the transform.
+
+  Returns:
+    `weights`, to be used instead of the argument: when traced, it carries the check.
+
+  Raises:
+    ValueError: now, if `example_weights` is concrete (NumPy, list, non-traced jax array)
+      and invalid. Invalid traced weights make the compiled call fail when it runs, with
+      this message (JAX raises it as a `jax.errors.JaxRuntimeError` or, from its C++
+      dispatch path, as a ValueError).
+  """
+  if not any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(example_weights)):
+    _raise_on_bad_weights(example_weights)  # On the host: no device round trip for NumPy.
+    return weights
+  # Traced (every trainer jits): a host callback that raises, so that the step itself fails
+  # whatever the caller does with the result. Poisoning the sum with NaN would stop a run
+  # only where a metric computed from it is checked, and the DP-SGD trainer of
+  # projects/pate_asr checks none per step: NaN parameters would just decode into a
+  # garbage WER. The callback sits in the branch of a cond taken for invalid weights only,
+  # so valid ones cost a reduction and the cond (on GPU, a read-back of its predicate),
+  # never a call into Python. It is a `pure_callback` whose zero is added to the weights,
+  # so it cannot be pruned while any gradient is used; a `debug.callback` (a side effect)
+  # would also send every call through JAX's slower Python dispatch. Under a vmap that
+  # batches the weights the cond becomes a select and the callback runs on every call,
+  # re-checking on the host. Costs: XLA's persistent compilation cache does not store
+  # programs with host callbacks, and on CPU they run synchronously (+0.3 ms a call for
+  # the tiny transducer's ghost step).
+  valid = jnp.all((weights >= 0) & (weights <= 1))
+  check = lambda w: jax.pure_callback(_weights_check_on_host, jax.ShapeDtypeStruct((), jnp.float32), w,
+                                      vmap_method="sequential")
+  # stop_gradient: the check has no derivative, and needs none; the weights keep theirs.
+  zero = jax.lax.cond(valid, lambda w: jnp.zeros((), jnp.float32), check, jax.lax.stop_gradient(weights))
+  return weights + zero
 
 
 def _batch_size(batch) -> int:
@@ -76,7 +140,9 @@ def clipped_grad(
 
   Returns:
     `grad_fn(params, *batch, example_weights=None)` returning `grads`, or a tuple
-    `(grads, aux)` / `(grads, norms)` / `(grads, aux, norms)`.
+    `(grads, aux)` / `(grads, norms)` / `(grads, aux, norms)`. `example_weights` [B] must
+    lie in [0, 1]: invalid concrete weights raise ValueError, invalid traced ones make the
+    compiled call fail when it runs (see `_check_example_weights`).
   """
   _check_clip_norm(l2_clip_norm)
   if microbatch_size is not None and microbatch_size < 1:
@@ -107,6 +173,8 @@ def clipped_grad(
                else jnp.asarray(example_weights, jnp.float32))
     if weights.shape != (size,):
       raise ValueError(f"example_weights must have shape ({size},), got {weights.shape}")
+    if example_weights is not None:
+      weights = _check_example_weights(example_weights, weights)
     if microbatch_size is None or microbatch_size >= size:
       grads, aux, norms = clipped_sum(params, batch, weights)
     else:

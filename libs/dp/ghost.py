@@ -26,7 +26,8 @@ parameters that are not covered (use `libs.dp.clipped_grad`, vmap, for such mode
 Layers must not mix examples (no batch statistics), which DP-SGD requires anyway.
 
 Unlike `clipped_grad`, the loss function returns PER-EXAMPLE losses [B] of a batch.
-Padded examples (weight 0) get zero gradient and a reported norm of 0.
+Padded examples (weight 0) get zero gradient and a reported norm of 0. Weights must lie in
+[0, 1], checked as in `clipped_grad`.
 
 Example:
   >>> grad_fn = ghost_clipped_grad(per_example_loss, l2_clip_norm=1.0, return_norms=True)
@@ -43,7 +44,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from libs.dp.clipping import _check_clip_norm, clip_factor
+from libs.dp.clipping import _check_clip_norm, _check_example_weights, clip_factor
 from libs.models import lstm as lstm_lib
 
 
@@ -322,7 +323,9 @@ def ghost_clipped_grad(
 
   Returns:
     `grad_fn(params, *batch, example_weights=None) -> grads` (or `(grads, norms)`), the
-    sum of clipped per-example gradients, in the structure of `params`.
+    sum of clipped per-example gradients, in the structure of `params`. `example_weights`
+    [B] must lie in [0, 1]: invalid concrete weights raise ValueError, invalid traced ones
+    make the compiled call fail when it runs (see `clipping._check_example_weights`).
   """
   _check_clip_norm(l2_clip_norm)
 
@@ -346,6 +349,10 @@ def ghost_clipped_grad(
     size = out.shape[0]
     weights = (jnp.ones((size,), jnp.float32) if example_weights is None
                else jnp.asarray(example_weights, jnp.float32))
+    if weights.shape != (size,):  # A [B, 1] mask would broadcast against the [B] losses.
+      raise ValueError(f"example_weights must have shape ({size},), got {weights.shape}")
+    if example_weights is not None:
+      weights = _check_example_weights(example_weights, weights)
     zeros = {k: jnp.zeros(s.shape, s.dtype) for k, s in shapes.items()}
 
     def total_loss(perturbations):
