@@ -104,10 +104,9 @@ def test_sigterm_then_resume_matches_uninterrupted(uninterrupted, tiny_corpus_di
     ("--config.train.batch_size=0", "config.train.batch_size"),
 ])
 def test_invalid_config_fails_fast_naming_the_field(override, field, tmp_path):
-  start = time.time()
   proc = subprocess.run(_command(str(tmp_path / "w"), override), cwd=REPO,
                         env=_env(str(tmp_path / "no_data"), "off"), capture_output=True, text=True, timeout=120)
   assert proc.returncode == 2
   assert field in proc.stderr
-  assert not os.path.exists(tmp_path / "no_data")  # rejected before generating any data
-  assert time.time() - start < 60
+  # Rejected before generating any data (the property; how long that takes is no test on a shared machine).
+  assert not os.path.exists(tmp_path / "no_data")
