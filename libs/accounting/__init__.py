@@ -1,9 +1,14 @@
 """Host-side privacy accounting (NumPy / float64, never inside jit).
 
-* `dpsgd`: (epsilon, delta) of DP-SGD via dp_accounting (RDP or PLD), noise calibration.
+* `dpsgd`: (epsilon, delta) of DP-SGD via dp_accounting (RDP or PLD), noise calibration
+  (for DP-SGD, and for any event factory z -> DpEvent under any neighbouring relation).
 * `ledger`: a checkpointable budget ledger that refuses a step before it overspends.
-* `pate`: data-independent and data-dependent RDP of PATE aggregators (GNMax, LNMax,
-  Confident-GNMax selection, noisy averaging), smooth sensitivity and the GNSS release.
+* `pate`: the PATE analysis, re-exported from `pate_rdp` (data-independent and
+  data-dependent RDP of GNMax, LNMax, Confident-GNMax selection, noisy averaging),
+  `smooth_sensitivity` (local / smooth sensitivity and the GNSS release) and `pate_ledger`.
+* `_checks`: the argument checks every entry point above (and libs.dp.sampling) shares.
+  Noise multiplier 0 is a non-private release with epsilon inf; negative, NaN, inf and
+  bool are errors.
 
 Example:
   >>> from libs import accounting
@@ -11,12 +16,14 @@ Example:
   >>> ledger = accounting.PrivacyLedger(target_epsilon=1.0, delta=1e-5)
 """
 
+from libs.accounting.dpsgd import calibrate_event_noise_multiplier
 from libs.accounting.dpsgd import calibrate_noise_multiplier
 from libs.accounting.dpsgd import DEFAULT_PLD_DISCRETIZATION
 from libs.accounting.dpsgd import DEFAULT_RDP_ORDERS
 from libs.accounting.dpsgd import dpsgd_epsilon
 from libs.accounting.dpsgd import epsilon_of_event
 from libs.accounting.dpsgd import make_accountant
+from libs.accounting.dpsgd import NeighboringRelation
 from libs.accounting.dpsgd import poisson_gaussian_event
 from libs.accounting.ledger import event_from_dict
 from libs.accounting.ledger import event_to_dict
@@ -43,6 +50,7 @@ from libs.accounting.pate import threshold_rdp
 from libs.accounting.pate import total_local_sensitivity
 
 __all__ = [
+    "calibrate_event_noise_multiplier",
     "calibrate_noise_multiplier",
     "DEFAULT_PATE_ORDERS",
     "DEFAULT_PLD_DISCRETIZATION",
@@ -62,6 +70,7 @@ __all__ = [
     "lnmax_rdp",
     "log_pr_answered",
     "make_accountant",
+    "NeighboringRelation",
     "noisy_average_rdp",
     "PateLedger",
     "poisson_gaussian_event",

@@ -14,6 +14,11 @@ Two accountants:
     pessimistically, so also an upper bound, and usually tighter than RDP. Slower: the
     cost grows as the discretisation interval shrinks.
 
+Calibration: `calibrate_noise_multiplier` for DP-SGD, and `calibrate_event_noise_multiplier`
+for any event factory z -> DpEvent under any neighbouring relation (fixed-size sampling,
+federated rounds). A noise multiplier of 0 is a non-private release with epsilon inf (the
+shared rule of `libs.accounting._checks`).
+
 Example:
   >>> eps = dpsgd_epsilon(1.3, 150 / 60000, 6000, 1e-5)            # ~0.724
   >>> sigma = calibrate_noise_multiplier(1.0, 1e-5, 0.01, 1000)    # eps(sigma) <= 1.0
@@ -24,12 +29,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import numbers
 from typing import Any, Callable, Iterator, Sequence
 
 import dp_accounting
 from dp_accounting.rdp import rdp_privacy_accountant
-import numpy as np
+
+from libs.accounting import _checks
+
+NeighboringRelation = dp_accounting.NeighboringRelation
 
 ACCOUNTANTS = ("rdp", "pld")
 
@@ -44,77 +51,14 @@ DEFAULT_RDP_ORDERS: tuple[float, ...] = tuple(
 DEFAULT_PLD_DISCRETIZATION = 1e-4
 
 
-def _is_real(x: Any) -> bool:
-  return isinstance(x, numbers.Real) and not isinstance(x, bool)
-
-
-def check_noise_multiplier(noise_multiplier: Any) -> float:
-  """Returns `noise_multiplier` as a float; ValueError unless finite and >= 0.
-
-  Example:
-    >>> check_noise_multiplier(1)
-    1.0
-  """
-  if (not _is_real(noise_multiplier) or not math.isfinite(noise_multiplier)
-      or noise_multiplier < 0):
-    raise ValueError(f"noise_multiplier must be a finite number >= 0, got {noise_multiplier!r}")
-  return float(noise_multiplier)
-
-
-def check_sampling_probability(sampling_probability: Any) -> float:
-  """Returns `sampling_probability` as a float; ValueError unless in (0, 1].
-
-  Example:
-    >>> check_sampling_probability(256 / 60000)
-    0.004266666666666667
-  """
-  if not _is_real(sampling_probability) or not 0 < sampling_probability <= 1:
-    raise ValueError(f"sampling_probability must be in (0, 1], got {sampling_probability!r}")
-  return float(sampling_probability)
-
-
-def check_steps(steps: Any, name: str = "steps") -> int:
-  """Returns `steps` as an int; ValueError unless a non-negative integer (6000.0 is fine).
-
-  Example:
-    >>> check_steps(15 * 60000 / 150)
-    6000
-  """
-  if isinstance(steps, bool) or not isinstance(steps, numbers.Real):
-    raise ValueError(f"{name} must be a non-negative integer, got {steps!r}")
-  if isinstance(steps, numbers.Integral):
-    value = int(steps)
-  elif math.isfinite(steps) and float(steps).is_integer():
-    value = int(steps)  # e.g. epochs * n / batch computed in floats
-  else:
-    raise ValueError(f"{name} must be a non-negative integer, got {steps!r}")
-  if value < 0:
-    raise ValueError(f"{name} must be a non-negative integer, got {steps!r}")
-  return value
-
-
-def check_delta(delta: Any) -> float:
-  """Returns `delta` as a float; ValueError unless in (0, 1).
-
-  Example:
-    >>> check_delta(1e-5)
-    1e-05
-  """
-  if not _is_real(delta) or not 0 < delta < 1:
-    raise ValueError(f"delta must be in (0, 1), got {delta!r}")
-  return float(delta)
-
-
-def check_epsilon(epsilon: Any, name: str = "target_epsilon") -> float:
-  """Returns `epsilon` as a float; ValueError unless finite and > 0.
-
-  Example:
-    >>> check_epsilon(8)
-    8.0
-  """
-  if not _is_real(epsilon) or not math.isfinite(epsilon) or epsilon <= 0:
-    raise ValueError(f"{name} must be a finite number > 0, got {epsilon!r}")
-  return float(epsilon)
+# The argument checks live in `_checks` (shared with the PATE analysis and libs.dp.sampling,
+# so every caller rejects the same input with the same message); these names stay for the
+# callers that import them from here (ledger).
+check_noise_multiplier = _checks.check_noise_multiplier
+check_sampling_probability = _checks.check_sampling_probability
+check_steps = _checks.check_count
+check_delta = _checks.check_delta
+check_epsilon = _checks.check_epsilon
 
 
 def check_accountant(accountant: Any) -> str:
@@ -136,13 +80,7 @@ def check_rdp_orders(orders: Sequence[float] | None) -> tuple[float, ...]:
     >>> check_rdp_orders([2, 4.5])
     (2.0, 4.5)
   """
-  if orders is None:
-    return DEFAULT_RDP_ORDERS
-  arr = np.asarray(orders, dtype=np.float64)
-  if arr.ndim != 1 or arr.size == 0 or not np.all(np.isfinite(arr)) or np.any(arr <= 1):
-    raise ValueError(f"orders must be a non-empty 1-D sequence of finite numbers > 1, "
-                     f"got {orders!r}")
-  return tuple(float(a) for a in arr)
+  return DEFAULT_RDP_ORDERS if orders is None else _checks.check_rdp_orders(orders)
 
 
 def check_pld_discretization(value: Any) -> float:
@@ -152,20 +90,34 @@ def check_pld_discretization(value: Any) -> float:
     >>> check_pld_discretization(1e-3)
     0.001
   """
-  if not _is_real(value) or not math.isfinite(value) or value <= 0:
-    raise ValueError(f"pld_discretization must be a finite number > 0, got {value!r}")
-  return float(value)
+  return _checks.check_positive("pld_discretization", value)
+
+
+def check_neighboring_relation(relation: Any) -> NeighboringRelation:
+  """Returns `relation`; ValueError unless a dp_accounting NeighboringRelation.
+
+  Example:
+    >>> check_neighboring_relation(NeighboringRelation.REPLACE_ONE).name
+    'REPLACE_ONE'
+  """
+  if not isinstance(relation, NeighboringRelation):
+    raise ValueError(f"neighboring_relation must be a dp_accounting.NeighboringRelation, "
+                     f"got {relation!r}")
+  return relation
 
 
 def make_accountant(accountant: str = "rdp", *, orders: Sequence[float] | None = None,
-                    pld_discretization: float = DEFAULT_PLD_DISCRETIZATION
+                    pld_discretization: float = DEFAULT_PLD_DISCRETIZATION,
+                    neighboring_relation: NeighboringRelation = NeighboringRelation.ADD_OR_REMOVE_ONE
                     ) -> dp_accounting.PrivacyAccountant:
-  """A fresh dp_accounting accountant (add/remove-one neighbours).
+  """A fresh dp_accounting accountant (add/remove-one neighbours unless told otherwise).
 
   Args:
     accountant: "rdp" or "pld".
     orders: RDP orders (None: DEFAULT_RDP_ORDERS); ignored for "pld".
     pld_discretization: PLD value discretisation interval; ignored for "rdp".
+    neighboring_relation: the relation the guarantee is for; it must match the sampling
+      (e.g. REPLACE_ONE for sampling without replacement, see libs.dp.sampling).
 
   Returns:
     An empty `RdpAccountant` or `PLDAccountant`.
@@ -175,11 +127,13 @@ def make_accountant(accountant: str = "rdp", *, orders: Sequence[float] | None =
     0.0
   """
   check_accountant(accountant)
+  relation = check_neighboring_relation(neighboring_relation)
   if accountant == "rdp":
-    return dp_accounting.rdp.RdpAccountant(list(check_rdp_orders(orders)))
+    return dp_accounting.rdp.RdpAccountant(list(check_rdp_orders(orders)),
+                                           neighboring_relation=relation)
   return dp_accounting.pld.PLDAccountant(
+      neighboring_relation=relation,
       value_discretization_interval=check_pld_discretization(pld_discretization))
-
 
 def poisson_gaussian_event(noise_multiplier: float, sampling_probability: float,
                            steps: int) -> dp_accounting.DpEvent:
@@ -206,8 +160,14 @@ def poisson_gaussian_event(noise_multiplier: float, sampling_probability: float,
 
 def epsilon_of_event(event: dp_accounting.DpEvent, delta: float, accountant: str = "rdp", *,
                      orders: Sequence[float] | None = None,
-                     pld_discretization: float = DEFAULT_PLD_DISCRETIZATION) -> float:
+                     pld_discretization: float = DEFAULT_PLD_DISCRETIZATION,
+                     neighboring_relation: NeighboringRelation = NeighboringRelation.ADD_OR_REMOVE_ONE
+                     ) -> float:
   """Epsilon at `delta` of any DpEvent the chosen accountant supports.
+
+  An event that releases a Gaussian with noise multiplier 0 (an explicit non-private
+  release, see `_checks`) has epsilon inf; it is reported here rather than handed to
+  dp_accounting, whose analyses divide by the noise for some events.
 
   Args:
     event: the dp_accounting DpEvent (e.g. from `poisson_gaussian_event`).
@@ -215,6 +175,7 @@ def epsilon_of_event(event: dp_accounting.DpEvent, delta: float, accountant: str
     accountant: "rdp" or "pld".
     orders: RDP orders (None: DEFAULT_RDP_ORDERS).
     pld_discretization: PLD discretisation interval.
+    neighboring_relation: the relation of the guarantee (default add/remove-one).
 
   Returns:
     Epsilon as a Python float (inf for a non-private event).
@@ -227,13 +188,32 @@ def epsilon_of_event(event: dp_accounting.DpEvent, delta: float, accountant: str
     4.728507067217623
   """
   delta = check_delta(delta)
-  acct = make_accountant(accountant, orders=orders, pld_discretization=pld_discretization)
+  acct = make_accountant(accountant, orders=orders, pld_discretization=pld_discretization,
+                         neighboring_relation=neighboring_relation)
   if not isinstance(event, dp_accounting.DpEvent):
     raise ValueError(f"event must be a dp_accounting.DpEvent, got {type(event).__name__}")
   if not acct.supports(event):
-    raise ValueError(f"event {event} is not supported by the {accountant!r} accountant")
+    raise ValueError(f"event {event} is not supported by the {accountant!r} accountant under "
+                     f"{acct.neighboring_relation.name}")
+  if _releases_without_noise(event):
+    return math.inf
   return float(acct.compose(event).get_epsilon(delta))
 
+
+def _releases_without_noise(event: dp_accounting.DpEvent) -> bool:
+  """Whether `event` releases (with positive probability) a noise-free Gaussian or Laplace."""
+  if isinstance(event, (dp_accounting.GaussianDpEvent, dp_accounting.LaplaceDpEvent)):
+    return event.noise_multiplier == 0
+  if isinstance(event, dp_accounting.SelfComposedDpEvent):
+    return event.count > 0 and _releases_without_noise(event.event)
+  if isinstance(event, dp_accounting.ComposedDpEvent):
+    return any(_releases_without_noise(e) for e in event.events)
+  if isinstance(event, dp_accounting.PoissonSampledDpEvent):
+    return event.sampling_probability > 0 and _releases_without_noise(event.event)
+  if isinstance(event, (dp_accounting.SampledWithoutReplacementDpEvent,
+                        dp_accounting.SampledWithReplacementDpEvent)):
+    return event.sample_size > 0 and _releases_without_noise(event.event)
+  return False
 
 def dpsgd_epsilon(noise_multiplier: float, sampling_probability: float, steps: int,
                   delta: float, accountant: str = "rdp", *,
@@ -280,9 +260,9 @@ def calibrate_noise_multiplier(target_epsilon: float, delta: float, sampling_pro
                                pld_discretization: float = DEFAULT_PLD_DISCRETIZATION) -> float:
   """Smallest noise multiplier (within `tol`) whose epsilon at `delta` is <= `target_epsilon`.
 
-  Uses dp_accounting.calibrate_dp_mechanism (Brent's method, falling back to bisection)
-  on an explicit bracket found by doubling/halving sigma; the returned sigma always
-  satisfies dpsgd_epsilon(sigma, ...) <= target_epsilon (re-checked before returning).
+  `calibrate_event_noise_multiplier` on the DP-SGD event `poisson_gaussian_event(sigma, q,
+  steps)` (add/remove-one); the returned sigma always satisfies
+  dpsgd_epsilon(sigma, ...) <= target_epsilon (re-checked before returning).
 
   Args:
     target_epsilon: epsilon budget, > 0.
@@ -312,24 +292,74 @@ def calibrate_noise_multiplier(target_epsilon: float, delta: float, sampling_pro
   if steps == 0:
     raise ValueError("steps must be > 0 to calibrate a noise multiplier (0 steps cost nothing)")
   check_accountant(accountant)
-  if not _is_real(tol) or not tol > 0:
-    raise ValueError(f"tol must be > 0, got {tol!r}")
+  _checks.check_positive("tol", tol)
+  return calibrate_event_noise_multiplier(
+      lambda sigma: poisson_gaussian_event(sigma, q, steps), target_epsilon, delta, accountant,
+      tol=tol, orders=orders, pld_discretization=pld_discretization)
+
+
+def calibrate_event_noise_multiplier(
+    make_event: Callable[[float], dp_accounting.DpEvent], target_epsilon: float, delta: float,
+    accountant: str = "rdp", *,
+    neighboring_relation: NeighboringRelation = NeighboringRelation.ADD_OR_REMOVE_ONE,
+    tol: float = 1e-4, orders: Sequence[float] | None = None,
+    pld_discretization: float = DEFAULT_PLD_DISCRETIZATION) -> float:
+  """Smallest noise multiplier z (within `tol`) with epsilon(make_event(z)) <= target_epsilon.
+
+  Any mechanism whose privacy loss falls as its noise grows: DP-SGD under any sampler
+  (`calibrate_noise_multiplier`), DP-FedAvg rounds, a fixed number of Gaussian queries.
+  Uses dp_accounting.calibrate_dp_mechanism (Brent's method, falling back to bisection) on
+  an explicit bracket found by doubling/halving z; the returned z is re-checked and always
+  satisfies epsilon <= target_epsilon.
+
+  Args:
+    make_event: z -> the DpEvent of the whole run at noise multiplier z (all steps).
+    target_epsilon: epsilon budget, > 0.
+    delta: target delta in (0, 1).
+    accountant: "rdp" or "pld".
+    neighboring_relation: the relation the event is analysed under; it must be the one of
+      the sampling that produced it (REPLACE_ONE for fixed-size sampling without
+      replacement).
+    tol: absolute tolerance on z (> 0).
+    orders: RDP orders (None: DEFAULT_RDP_ORDERS).
+    pld_discretization: PLD discretisation interval.
+
+  Returns:
+    z as a float.
+
+  Raises:
+    ValueError: naming the offending argument, an event the accountant does not support,
+      or a target that no z in [1e-8, 1e8] separates.
+
+  Example:
+    >>> make = lambda z: dp_accounting.SelfComposedDpEvent(
+    ...     dp_accounting.SampledWithoutReplacementDpEvent(
+    ...         2000, 40, dp_accounting.GaussianDpEvent(z / 2)), 40)
+    >>> z = calibrate_event_noise_multiplier(
+    ...     make, 3.0, 1e-5, neighboring_relation=NeighboringRelation.REPLACE_ONE)
+  """
+  if not callable(make_event):
+    raise ValueError(f"make_event must be a callable z -> DpEvent, got {make_event!r}")
+  target_epsilon = check_epsilon(target_epsilon)
+  delta = check_delta(delta)
+  check_accountant(accountant)
+  relation = check_neighboring_relation(neighboring_relation)
+  tol = _checks.check_positive("tol", tol)
   orders = check_rdp_orders(orders)
+  pld_discretization = check_pld_discretization(pld_discretization)
+  settings = dict(orders=orders, pld_discretization=pld_discretization,
+                  neighboring_relation=relation)
 
   def eps(sigma: float) -> float:
-    return dpsgd_epsilon(sigma, q, steps, delta, accountant, orders=orders,
-                         pld_discretization=pld_discretization)
+    return epsilon_of_event(make_event(sigma), delta, accountant, **settings)
 
   make_acct: Callable[[], dp_accounting.PrivacyAccountant] = lambda: make_accountant(
-      accountant, orders=orders, pld_discretization=pld_discretization)
+      accountant, **settings)
   with _one_warning_for_excluded_orders():
     lo, hi = _bracket(eps, target_epsilon)
     sigma = dp_accounting.calibrate_dp_mechanism(
-        make_acct,
-        lambda s: poisson_gaussian_event(s, q, steps),
-        target_epsilon, delta,
-        bracket_interval=dp_accounting.ExplicitBracketInterval(lo, hi),
-        tol=float(tol))
+        make_acct, make_event, target_epsilon, delta,
+        bracket_interval=dp_accounting.ExplicitBracketInterval(lo, hi), tol=tol)
     sigma = float(sigma)
     if not eps(sigma) <= target_epsilon:
       sigma = hi  # Never return a sigma that overspends; hi is known to be within budget.

@@ -15,7 +15,12 @@ relation dp_accounting must analyse it under (`accountant_neighboring_relation`)
 
 `noise_multiplier` is always the DP-SGD sigma: noise std on the SUM of clipped per-example
 gradients divided by the clip norm C (as in `libs.dp.noise`). Where the relation is
-replace-one the sensitivity of that sum is 2C, and the event carries sigma / 2.
+replace-one the sensitivity of that sum is 2C, and the event carries sigma / 2. It is
+checked by `libs.accounting._checks` (the rule every accounting entry point shares): it must
+be finite and >= 0; an explicit 0 is a non-private release whose event accounting reports
+with epsilon inf; negative, NaN, inf and bool are errors. `poisson_step_event` and
+`fixed_size_step_event` build one step's event for callers without a sampler object
+(e.g. federated rounds over devices).
 
 Batches are a deterministic function of (seed, step), so a resumed run draws the same
 batches. The amplification analyses assume the adversary does not see which examples were
@@ -32,38 +37,69 @@ Example:
 
 from __future__ import annotations
 
-import math
-import numbers
 from typing import Any
 
 import dp_accounting
 import numpy as np
+
+# libs.dp depends on libs.accounting, never the reverse (no import cycle): the argument
+# checks are the accounting ones, so a bad noise multiplier gets the same error here.
+from libs.accounting import _checks
 
 NeighboringRelation = dp_accounting.NeighboringRelation
 
 _INT32_MAX = np.iinfo(np.int32).max
 
 
-def _check_int(name: str, value: Any, low: int, high: int | None = None) -> int:
-  if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-    raise ValueError(f"{name} must be an int, got {value!r}")
-  if value < low or (high is not None and value > high):
-    bound = f"in [{low}, {high}]" if high is not None else f">= {low}"
-    raise ValueError(f"{name} must be {bound}, got {value}")
-  return int(value)
-
-
-def _check_noise_multiplier(noise_multiplier: Any) -> float:
-  if isinstance(noise_multiplier, bool) or not isinstance(noise_multiplier, numbers.Real):
-    raise ValueError(f"noise_multiplier must be a number, got {noise_multiplier!r}")
-  if not 0 < noise_multiplier < math.inf:
-    raise ValueError(f"noise_multiplier must be finite and > 0, got {noise_multiplier}")
-  return float(noise_multiplier)
-
-
 def _self_composed(event: dp_accounting.DpEvent, count: int) -> dp_accounting.DpEvent:
   # dp_accounting's ledger rejects a SelfComposedDpEvent with count 0: nothing released yet.
   return dp_accounting.SelfComposedDpEvent(event, count) if count else dp_accounting.NoOpDpEvent()
+
+
+def poisson_step_event(sampling_probability: float, noise_multiplier: float
+                       ) -> dp_accounting.DpEvent:
+  """One Poisson-subsampled Gaussian release (analyse under add/remove-one).
+
+  Args:
+    sampling_probability: q in (0, 1], each unit's independent inclusion probability.
+    noise_multiplier: noise std on the sum / the per-unit clip norm, >= 0 (0: epsilon inf).
+
+  Returns:
+    `PoissonSampledDpEvent(q, GaussianDpEvent(noise_multiplier))`.
+
+  Example:
+    >>> poisson_step_event(0.01, 1.1).sampling_probability
+    0.01
+  """
+  return dp_accounting.PoissonSampledDpEvent(
+      _checks.check_sampling_probability(sampling_probability),
+      dp_accounting.GaussianDpEvent(_checks.check_noise_multiplier(noise_multiplier)))
+
+
+def fixed_size_step_event(num_examples: int, batch_size: int, noise_multiplier: float
+                          ) -> dp_accounting.DpEvent:
+  """One Gaussian release on a uniform size-B subset without replacement (replace-one).
+
+  Replacing one unit moves the sum of clipped contributions by up to 2C, so the Gaussian
+  carries noise_multiplier / 2 (see `FixedSizeSampler`).
+
+  Args:
+    num_examples: N >= 1, the population the subset is drawn from.
+    batch_size: B in [1, N].
+    noise_multiplier: noise std on the sum / the per-unit clip norm, >= 0 (0: epsilon inf).
+
+  Returns:
+    `SampledWithoutReplacementDpEvent(N, B, GaussianDpEvent(noise_multiplier / 2))`.
+
+  Example:
+    >>> fixed_size_step_event(2000, 40, 2.0).event.noise_multiplier
+    1.0
+  """
+  num_examples = _checks.check_int("num_examples", num_examples, 1, _INT32_MAX)
+  batch_size = _checks.check_int("batch_size", batch_size, 1, num_examples)
+  sigma = _checks.check_noise_multiplier(noise_multiplier)
+  return dp_accounting.SampledWithoutReplacementDpEvent(
+      num_examples, batch_size, dp_accounting.GaussianDpEvent(sigma / 2))
 
 
 def physical_batches(indices: Any, physical_batch_size: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -87,7 +123,7 @@ def physical_batches(indices: Any, physical_batch_size: int) -> list[tuple[np.nd
     [(array([4, 7], dtype=int32), array([1., 1.], dtype=float32)),
      (array([ 9, -1], dtype=int32), array([1., 0.], dtype=float32))]
   """
-  size = _check_int("physical_batch_size", physical_batch_size, 1)
+  size = _checks.check_int("physical_batch_size", physical_batch_size, 1)
   idx = np.asarray(indices)
   if idx.ndim != 1:
     raise ValueError(f"indices must be 1-D, got shape {idx.shape}")
@@ -107,16 +143,16 @@ class _Sampler:
   """Shared validation and helpers."""
 
   def __init__(self, num_examples: int, seed: int):
-    self._num_examples = _check_int("num_examples", num_examples, 1, _INT32_MAX)
+    self._num_examples = _checks.check_int("num_examples", num_examples, 1, _INT32_MAX)
     # default_rng rejects negative entropy, so catch it here with the argument's name.
-    self._seed = _check_int("seed", seed, 0)
+    self._seed = _checks.check_int("seed", seed, 0)
 
   @property
   def num_examples(self) -> int:
     return self._num_examples
 
   def _rng(self, step: int) -> np.random.Generator:
-    return np.random.default_rng((self._seed, _check_int("step", step, 0)))
+    return np.random.default_rng((self._seed, _checks.check_int("step", step, 0)))
 
   @staticmethod
   def physical_batches(indices: Any, physical_batch_size: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -145,10 +181,7 @@ class PoissonSampler(_Sampler):
       seed: non-negative int; batches are a function of (seed, step). Keep it secret.
     """
     super().__init__(num_examples, seed)
-    q = sampling_probability
-    if isinstance(q, bool) or not isinstance(q, numbers.Real) or not 0 < q <= 1:
-      raise ValueError(f"sampling_probability must be in (0, 1], got {sampling_probability!r}")
-    self._q = float(q)
+    self._q = _checks.check_sampling_probability(sampling_probability)
 
   @property
   def sampling_probability(self) -> float:
@@ -169,10 +202,8 @@ class PoissonSampler(_Sampler):
 
   def dp_event(self, noise_multiplier: float, steps: int) -> dp_accounting.DpEvent:
     """`steps` Poisson-subsampled Gaussian releases with std noise_multiplier * C (NoOp if 0)."""
-    sigma = _check_noise_multiplier(noise_multiplier)
-    steps = _check_int("steps", steps, 0)
-    return _self_composed(
-        dp_accounting.PoissonSampledDpEvent(self._q, dp_accounting.GaussianDpEvent(sigma)), steps)
+    event = poisson_step_event(self._q, noise_multiplier)
+    return _self_composed(event, _checks.check_count(steps, "steps"))
 
 
 class FixedSizeSampler(_Sampler):
@@ -202,7 +233,7 @@ class FixedSizeSampler(_Sampler):
       seed: non-negative int; batches are a function of (seed, step). Keep it secret.
     """
     super().__init__(num_examples, seed)
-    self._batch_size = _check_int("batch_size", batch_size, 1, self._num_examples)
+    self._batch_size = _checks.check_int("batch_size", batch_size, 1, self._num_examples)
 
   @property
   def batch_size(self) -> int:
@@ -222,11 +253,8 @@ class FixedSizeSampler(_Sampler):
 
   def dp_event(self, noise_multiplier: float, steps: int) -> dp_accounting.DpEvent:
     """`steps` without-replacement-subsampled Gaussian releases (replace-one: sigma / 2; NoOp if 0)."""
-    sigma = _check_noise_multiplier(noise_multiplier)
-    steps = _check_int("steps", steps, 0)
-    event = dp_accounting.SampledWithoutReplacementDpEvent(
-        self._num_examples, self._batch_size, dp_accounting.GaussianDpEvent(sigma / 2))
-    return _self_composed(event, steps)
+    event = fixed_size_step_event(self._num_examples, self._batch_size, noise_multiplier)
+    return _self_composed(event, _checks.check_count(steps, "steps"))
 
 
 class ShufflingSampler(_Sampler):
@@ -260,7 +288,7 @@ class ShufflingSampler(_Sampler):
       seed: non-negative int; epoch e's permutation is a function of (seed, e).
     """
     super().__init__(num_examples, seed)
-    self._batch_size = _check_int("batch_size", batch_size, 1, self._num_examples)
+    self._batch_size = _checks.check_int("batch_size", batch_size, 1, self._num_examples)
     self._cached_epoch: int | None = None
     self._cached_permutation: np.ndarray | None = None
 
@@ -289,18 +317,18 @@ class ShufflingSampler(_Sampler):
 
   def indices(self, step: int) -> np.ndarray:
     """Indices of step `step`'s batch: B distinct examples, disjoint within an epoch; [B]."""
-    step = _check_int("step", step, 0)
+    step = _checks.check_int("step", step, 0)
     epoch, position = divmod(step, self.steps_per_epoch)
     return self._permutation(epoch)[position * self._batch_size:(position + 1) * self._batch_size]
 
   def num_epochs_started(self, steps: int) -> int:
     """Epochs with at least one of the first `steps` steps: ceil(steps / steps_per_epoch)."""
-    return -(-_check_int("steps", steps, 0) // self.steps_per_epoch)
+    return -(-_checks.check_count(steps, "steps") // self.steps_per_epoch)
 
   def dp_event(self, noise_multiplier: float, steps: int) -> dp_accounting.DpEvent:
     """One unamplified Gaussian release per epoch started (conservative; see the class doc).
 
     NoOpDpEvent when `steps` is 0.
     """
-    sigma = _check_noise_multiplier(noise_multiplier)
+    sigma = _checks.check_noise_multiplier(noise_multiplier)
     return _self_composed(dp_accounting.GaussianDpEvent(sigma), self.num_epochs_started(steps))

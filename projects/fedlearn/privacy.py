@@ -9,7 +9,7 @@ sampling schemes have a valid amplification analysis (`check_scheme` refuses the
 
   * "poisson" (q = m / N, N and m configured): `PoissonSampledDpEvent(q,
     GaussianDpEvent(z))` per round, add/remove-one device; RDP or PLD
-    (libs.accounting.poisson_gaussian_event).
+    (libs.dp.sampling.poisson_step_event).
   * "activity_capped" under DP: each device independently with p_i = min(cap, r n_i),
     where the cap = cap_ratio * m / N and the per-example rate r = m / (N n_ref) are fixed
     in advance from configured quantities (n_ref: a public number of examples per device),
@@ -25,7 +25,8 @@ sampling schemes have a valid amplification analysis (`check_scheme` refuses the
     use it, and q is never taken from the data (max_i p_i would itself leak).
   * "uniform" (m of N without replacement): dp_accounting's
     `SampledWithoutReplacementDpEvent(N, m, GaussianDpEvent(z / 2))` under replace-one
-    (a replaced device moves the sum by up to 2C, hence z / 2), RDP accountant only.
+    (a replaced device moves the sum by up to 2C, hence z / 2), RDP accountant only
+    (libs.dp.sampling.fixed_size_step_event, the event of its FixedSizeSampler).
     Refused with dropout: a random number of survivors is not that event.
   * "activity" (m draws with replacement proportional to data): refused. A device can be
     drawn several times in one round (its weight, hence the sensitivity, is unbounded by
@@ -40,6 +41,9 @@ Adaptive clipping (Andrew et al. 2021): the delta sum (noise multiplier z_delta)
 centered clipped count (sensitivity 1/2, noise std sigma_b, i.e. multiplier 2 sigma_b)
 compose to one Gaussian with z^-2 = z_delta^-2 + (2 sigma_b)^-2; the accounted z is the
 combined one and `split_noise_multiplier` returns the z_delta to use.
+
+Events come from libs.dp.sampling (`round_event`) and calibration is libs.accounting's
+`calibrate_event_noise_multiplier` over them, under the scheme's neighbouring relation.
 
 Example:
   >>> acct = DeviceAccountant("activity_capped", noise_multiplier=1.0, num_devices=10_000,
@@ -60,7 +64,9 @@ from dp_accounting.rdp import rdp_privacy_accountant
 import numpy as np
 
 from libs import accounting
-from libs.accounting import PrivacyBudgetExceeded, PrivacyLedger
+from libs.accounting import dpsgd as dpsgd_accounting
+from libs.accounting import NeighboringRelation, PrivacyBudgetExceeded, PrivacyLedger
+from libs.dp import sampling
 
 VALID_SCHEMES = ("poisson", "activity_capped", "uniform")
 UNIT = "device"
@@ -146,6 +152,36 @@ def sampling_probability(scheme: str, *, num_devices: int, clients_per_round: in
   return float(q)
 
 
+def neighboring_relation(scheme: str) -> NeighboringRelation:
+  """The relation a scheme's rounds are analysed under: replace-one for "uniform", else add/remove.
+
+  Example:
+    >>> neighboring_relation("uniform").name
+    'REPLACE_ONE'
+  """
+  check_scheme(scheme)
+  if scheme == "uniform":
+    return NeighboringRelation.REPLACE_ONE
+  return NeighboringRelation.ADD_OR_REMOVE_ONE
+
+
+def round_event(scheme: str, noise_multiplier: float, *, num_devices: int, clients_per_round: int,
+                max_probability: float) -> dp_accounting.DpEvent:
+  """The DpEvent of one DP-FedAvg round under `scheme`, from libs.dp.sampling's builders.
+
+  Poisson schemes are accounted at q = max_probability (the configured cap, see the module
+  docstring); "uniform" is m = clients_per_round of N = num_devices without replacement.
+
+  Example:
+    >>> round_event("uniform", 2.0, num_devices=2000, clients_per_round=40, max_probability=0.02)
+    SampledWithoutReplacementDpEvent(source_dataset_size=2000, sample_size=40, ...)
+  """
+  check_scheme(scheme)
+  if scheme == "uniform":
+    return sampling.fixed_size_step_event(num_devices, clients_per_round, noise_multiplier)
+  return sampling.poisson_step_event(max_probability, noise_multiplier)
+
+
 class DeviceAccountant:
   """(epsilon, delta) per device of DP-FedAvg rounds, refusing a round that would overspend.
 
@@ -163,20 +199,19 @@ class DeviceAccountant:
     self.delta = float(delta)
     self.accountant = accountant
     self.rounds = 0
+    self.neighboring_relation = neighboring_relation(scheme).name.lower()
+    self.event = round_event(scheme, self.noise_multiplier, num_devices=num_devices,
+                             clients_per_round=clients_per_round, max_probability=max_probability)
     if scheme == "uniform":
       self.sampling_probability = clients_per_round / num_devices
-      self.neighboring_relation = "replace_one"
-      self.event = dp_accounting.SampledWithoutReplacementDpEvent(
-          num_devices, clients_per_round, dp_accounting.GaussianDpEvent(self.noise_multiplier / 2))
+      # Cached per-round RDP: epsilon(rounds) is then one conversion, however many rounds.
       self._orders = accounting.DEFAULT_RDP_ORDERS
-      acct = dp_accounting.rdp.RdpAccountant(
-          list(self._orders), neighboring_relation=dp_accounting.NeighboringRelation.REPLACE_ONE)
-      self._rdp = np.asarray(acct.compose(self.event).rdp)
+      acct = accounting.make_accountant("rdp", orders=self._orders,
+                                        neighboring_relation=NeighboringRelation.REPLACE_ONE)
+      self._rdp = np.asarray(acct.compose(self.event).rdp) if self.noise_multiplier > 0 else None
       self._ledger = None
     else:
       self.sampling_probability = float(max_probability)
-      self.neighboring_relation = "add_or_remove_one"
-      self.event = accounting.poisson_gaussian_event(self.noise_multiplier, self.sampling_probability, 1).event
       self._ledger = PrivacyLedger(target_epsilon, delta, accountant, unit=UNIT)
 
   def epsilon(self, rounds: int | None = None) -> float:
@@ -218,30 +253,28 @@ class DeviceAccountant:
 
 def calibrate_noise_multiplier(target_epsilon: float, delta: float, rounds: int, scheme: str, *,
                                num_devices: int, clients_per_round: int, max_probability: float,
-                               accountant: str = "rdp") -> float:
-  """Smallest noise multiplier z (within 1e-3 relative) with epsilon(rounds) <= target.
+                               accountant: str = "rdp", tol: float = 1e-4) -> float:
+  """Smallest noise multiplier z (within `tol`) with epsilon(rounds) <= target.
+
+  libs.accounting's `calibrate_event_noise_multiplier` over `rounds` compositions of
+  `round_event(scheme, z, ...)`, under the scheme's `neighboring_relation`: the same events
+  and relation `DeviceAccountant` then accounts.
 
   Example:
     >>> z = calibrate_noise_multiplier(4.0, 1e-5, 100, "poisson", num_devices=1000,
     ...                                clients_per_round=50, max_probability=0.05)
   """
   check_scheme(scheme, accountant=accountant)
-  if scheme != "uniform":
-    with _quiet_accountant():
-      return accounting.calibrate_noise_multiplier(target_epsilon, delta, max_probability, rounds, accountant)
+  rounds = dpsgd_accounting.check_steps(rounds, "rounds")
+  if rounds == 0:
+    raise ValueError("rounds must be > 0 to calibrate a noise multiplier (0 rounds cost nothing)")
 
-  def eps(z):
-    return DeviceAccountant(scheme, noise_multiplier=z, num_devices=num_devices,
-                            clients_per_round=clients_per_round, max_probability=max_probability,
-                            target_epsilon=target_epsilon, delta=delta).epsilon(rounds)
+  def run_event(z: float) -> dp_accounting.DpEvent:
+    step = round_event(scheme, z, num_devices=num_devices, clients_per_round=clients_per_round,
+                       max_probability=max_probability)
+    return dp_accounting.SelfComposedDpEvent(step, rounds)
 
-  lo, hi = 1e-2, 1.0
   with _quiet_accountant():
-    while eps(hi) > target_epsilon:
-      lo, hi = hi, hi * 2
-      if hi > 1e4:
-        raise ValueError(f"no noise multiplier <= 1e4 reaches epsilon {target_epsilon} in {rounds} rounds")
-    while hi / lo > 1 + 1e-3:
-      mid = math.sqrt(lo * hi)
-      lo, hi = (lo, mid) if eps(mid) <= target_epsilon else (mid, hi)
-  return hi
+    return accounting.calibrate_event_noise_multiplier(
+        run_event, target_epsilon, delta, accountant,
+        neighboring_relation=neighboring_relation(scheme), tol=tol)

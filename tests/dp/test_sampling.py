@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from libs import accounting
 from libs.dp import sampling
 
 
@@ -160,7 +161,10 @@ def test_epsilons_finite_and_ordered():
     (lambda: sampling.PoissonSampler(10, 1.5, seed=0), r"^sampling_probability must be"),
     (lambda: sampling.PoissonSampler(10, 0.5, seed=-1), r"^seed must be"),
     (lambda: sampling.PoissonSampler(10, 0.5, seed=0).indices(-1), r"^step must be"),
-    (lambda: sampling.PoissonSampler(10, 0.5, seed=0).dp_event(0.0, 5), r"^noise_multiplier must be"),
+    (lambda: sampling.PoissonSampler(10, 0.5, seed=0).dp_event(-1.0, 5), r"^noise_multiplier must be"),
+    (lambda: sampling.FixedSizeSampler(10, 2, seed=0).dp_event(np.nan, 5), r"^noise_multiplier must be"),
+    (lambda: sampling.ShufflingSampler(10, 2, seed=0).dp_event(True, 5), r"^noise_multiplier must be"),
+    (lambda: sampling.FixedSizeSampler(10, 2, seed=0).dp_event(1.0, 2.5), r"^steps must be"),
     (lambda: sampling.PoissonSampler(10, 0.5, seed=0).dp_event(1.0, -1), r"^steps must be"),
     (lambda: sampling.FixedSizeSampler(10, 0, seed=0), r"^batch_size must be"),
     (lambda: sampling.FixedSizeSampler(10, 11, seed=0), r"^batch_size must be"),
@@ -173,3 +177,27 @@ def test_epsilons_finite_and_ordered():
 def test_bad_arguments_raise_naming_them(make, match):
   with pytest.raises(ValueError, match=match):
     make()
+
+
+@pytest.mark.parametrize("sampler", [
+    sampling.PoissonSampler(1000, 0.01, seed=0),
+    sampling.FixedSizeSampler(1000, 10, seed=0),
+    sampling.ShufflingSampler(1000, 100, seed=0),
+], ids=["poisson", "fixed_size", "shuffling"])
+def test_noise_multiplier_zero_is_a_non_private_release_with_epsilon_inf(sampler):
+  # The shared rule (libs.accounting._checks): an explicit 0 is accepted and accounted as inf,
+  # also for the without-replacement event that dp_accounting itself cannot evaluate at 0.
+  event = sampler.dp_event(0.0, 20)
+  eps = accounting.epsilon_of_event(event, 1e-5,
+                                    neighboring_relation=sampler.accountant_neighboring_relation)
+  assert eps == float("inf")
+  assert sampler.dp_event(0.0, 0) == dp_accounting.NoOpDpEvent()  # nothing released yet
+
+
+def test_step_event_builders_match_the_samplers():
+  poisson = sampling.PoissonSampler(1000, 0.01, seed=0).dp_event(1.1, 7)
+  assert poisson == dp_accounting.SelfComposedDpEvent(sampling.poisson_step_event(0.01, 1.1), 7)
+  fixed = sampling.FixedSizeSampler(1000, 10, seed=0).dp_event(1.1, 7)
+  assert fixed == dp_accounting.SelfComposedDpEvent(sampling.fixed_size_step_event(1000, 10, 1.1), 7)
+  # Integral float step counts are accepted, as by libs.accounting (epochs * N / B in floats).
+  assert sampling.PoissonSampler(1000, 0.01, seed=0).dp_event(1.1, 7.0).count == 7
