@@ -19,12 +19,14 @@ import jax
 import jax.numpy as jnp
 
 from libs.data import pipeline
+from libs.models import asr as asr_lib
+from libs.speech import evaluate as evaluate_lib
 from libs.speech import losses
 from libs.speech.tokenizer import CharTokenizer
 from libs.train import compilation_cache
+from libs.train import optimizers
 from libs.train import steps as steps_lib
 from libs.train.state import TrainState
-from projects.pate_asr import asr
 from projects.pate_asr.configs import nonprivate
 
 
@@ -45,11 +47,11 @@ def train_throughput(num_steps: int) -> tuple[float, float]:
   tokenizer = CharTokenizer()
   builder = pipeline.prepare_synthetic(config.data.synthetic_config)
   train = pipeline.load_split(builder, "train", tokenizer)
-  model = asr.build_model(config.model, tokenizer.vocab_size)
-  optimizer = asr.make_optimizer(config.train)
-  state = TrainState.create(asr.init_params(model, jax.random.key(0)), optimizer)
-  step = jax.jit(steps_lib.make_train_step(asr.make_loss_fn(model, asr.spec_augment_config(config.train)),
-                                           optimizer), donate_argnums=0)
+  model = asr_lib.build_model(config.model, tokenizer.vocab_size)
+  optimizer = optimizers.make_optimizer(config.train)
+  state = TrainState.create(asr_lib.init_params(model, jax.random.key(0)), optimizer)
+  loss_fn = evaluate_lib.make_loss_fn(model, evaluate_lib.spec_augment_config(config.train))
+  step = jax.jit(steps_lib.make_train_step(loss_fn, optimizer), donate_argnums=0)
   batcher = pipeline.Batcher(train, config.train.batch_size, seed=0, num_buckets=config.train.num_buckets)
   key = jax.random.key(1)
   seen = set()

@@ -26,9 +26,10 @@ import numpy as np
 import optax
 
 from libs.dp import clipping, ghost, noise
+from libs.models import asr as asr_lib
 from libs.models.lm import LMConfig, TransformerLM, next_token_nll
+from libs.speech import evaluate as evaluate_lib
 from libs.speech.tokenizer import CharTokenizer
-from projects.pate_asr import asr
 from projects.pate_asr.configs import nonprivate
 
 
@@ -77,8 +78,8 @@ def _steps(mean_loss, clipped_fn, optimizer, batch_size):
 
 def asr_case(runs):
   config = nonprivate.get_config()
-  model = asr.build_model(config.model, CharTokenizer().vocab_size)
-  params = asr.init_params(model, jax.random.key(0))
+  model = asr_lib.build_model(config.model, CharTokenizer().vocab_size)
+  params = asr_lib.init_params(model, jax.random.key(0))
   rng = np.random.default_rng(0)
   b, t, u = config.train.batch_size, 176, 40  # The quick config's middle length bucket.
   batch = {
@@ -90,12 +91,12 @@ def asr_case(runs):
   }
 
   def mean_loss(params, batch):
-    return jnp.mean(asr.per_example_nll(model, params, batch, None, train=False))
+    return jnp.mean(evaluate_lib.per_example_nll(model, params, batch, None, train=False))
 
   optimizer = optax.adam(1e-3)
   clipped = clipping.clipped_grad(mean_loss, l2_clip_norm=1.0)
   plain, private, dp_opt = _steps(mean_loss, clipped, optimizer, b)
-  per_example = lambda params, batch: asr.per_example_nll(model, params, batch, None, train=False)
+  per_example = lambda params, batch: evaluate_lib.per_example_nll(model, params, batch, None, train=False)
   _, private_ghost, _ = _steps(mean_loss, ghost.ghost_clipped_grad(per_example, l2_clip_norm=1.0), optimizer, b)
   (t0, m0), (t1, m1), (t2, m2) = _measure(
       [(plain, (params, optimizer.init(params))), (private, (params, dp_opt.init(params))),

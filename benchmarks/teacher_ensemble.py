@@ -16,10 +16,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from libs.models import asr as asr_lib
+from libs.speech import evaluate as evaluate_lib
 from libs.speech.tokenizer import CharTokenizer
+from libs.train import optimizers
 from libs.train import steps as steps_lib
 from libs.train.state import TrainState
-from projects.pate_asr import asr, ensemble
+from projects.pate_asr import ensemble
 from projects.pate_asr.configs import quick
 
 
@@ -57,9 +60,9 @@ def main():
   parser.add_argument("--runs", type=int, default=5)
   args = parser.parse_args()
   config = quick.get_config()
-  model = asr.build_model(config.model, CharTokenizer().vocab_size)
-  optimizer = asr.make_optimizer(config.teachers)
-  step = steps_lib.make_train_step(asr.make_loss_fn(model, asr.spec_augment_config(config.teachers)), optimizer)
+  model = asr_lib.build_model(config.model, CharTokenizer().vocab_size)
+  optimizer = optimizers.make_optimizer(config.teachers)
+  step = steps_lib.make_train_step(evaluate_lib.make_loss_fn(model, evaluate_lib.spec_augment_config(config.teachers)), optimizer)
   k = args.teachers or config.pate.num_teachers
   args.batch = args.batch or config.teachers.batch_size
   params = ensemble.init_stacked(model, jax.random.key(0), k)

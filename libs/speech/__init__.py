@@ -1,0 +1,14 @@
+"""Speech: features, tokenizer, losses, WER and ASR evaluation. Public modules (import them
+by name; this package re-exports nothing, so `libs.data` can import `features` alone):
+
+  features   log-mel filterbanks, utterance normalization, SpecAugment
+  tokenizer  `CharTokenizer` (blank 0, space, apostrophe, a-z)
+  losses     RNN-T and CTC losses on logits
+  wer        word error rate, per-utterance edit counts, pooled WER
+  evaluate   running a `libs.models.asr` model: `per_example_nll`, `make_loss_fn`,
+             `spec_augment_config`, `make_decode_fn`, `transcribe`, `evaluate` -> `EvalResult`
+
+Example:
+  >>> from libs.speech import evaluate
+  >>> evaluate.evaluate(evaluate.make_decode_fn(model), params, split, tokenizer, batch_size=64).wer
+"""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from typing import Sequence
 
+import jax
 import matplotlib
 
 matplotlib.use("Agg")
@@ -16,7 +17,9 @@ import matplotlib.pyplot as plt  # pylint: disable=wrong-import-position
 
 
 def plot_training_curves(rows: Sequence[dict], path: str, *, title: str = "") -> str:
-  """Training loss and dev WER against the step, from metrics.jsonl rows."""
+  """Training loss and dev WER against the step, from metrics.jsonl rows (process 0 draws it)."""
+  if jax.process_index() > 0:  # Every host has the same rows; one writes the shared workdir.
+    return path
   loss = [(r["step"], r["train/loss"]) for r in rows if "train/loss" in r]
   wer = [(r["step"], 100 * r["dev/wer"]) for r in rows if "dev/wer" in r]
   fig, ax = plt.subplots(1, 2, figsize=(10, 3.8))

@@ -21,15 +21,14 @@ import os
 import time
 from typing import Any, Callable
 
-import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-import tqdm
 from jax.sharding import Mesh
 
+from libs.train import io as io_lib
 from libs.train.mesh import data_sharding, replicated
 from libs.train.metrics import check_finite
 from projects.fedlearn.algorithms import Clients, FedAlgorithm, ServerState, check_dp_weights
@@ -151,12 +150,16 @@ class ControlVariateStore:
         self._rows[int(d)] = self._rows.get(int(d), np.zeros(self._dim, np.float32)) + flat[i]
 
   def state_dict(self) -> dict[str, np.ndarray]:
+    """{"count", "ids", "rows"}; at least one (padding) row, since orbax cannot save empty arrays."""
     ids = np.asarray(sorted(self._rows), np.int64)
     rows = np.stack([self._rows[int(i)] for i in ids]) if len(ids) else np.zeros((0, self._dim), np.float32)
-    return {"ids": ids, "rows": rows}
+    pad = max(1 - len(ids), 0)
+    return {"count": np.asarray(len(ids), np.int64), "ids": np.concatenate([ids, np.full(pad, -1, np.int64)]),
+            "rows": np.concatenate([rows, np.zeros((pad, self._dim), np.float32)])}
 
   def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
-    self._rows = {int(i): np.asarray(r, np.float32) for i, r in zip(state["ids"], state["rows"])}
+    count = int(state["count"])
+    self._rows = {int(i): np.asarray(r, np.float32) for i, r in zip(state["ids"][:count], state["rows"][:count])}
 
 
 def make_eval_fn(metrics_fn: Callable, batch_size: int = 512) -> Callable:
@@ -363,12 +366,6 @@ def sub_runs(config) -> list[tuple[str, Any]]:
   return merged
 
 
-@flax.struct.dataclass
-class _Checkpoint:
-  step: jax.Array
-  server: ServerState
-
-
 def _data_key(cfg) -> tuple:
   d = cfg.data
   return (cfg.seed, d.num_devices, d.num_periods, d.mean_examples, d.zipf_a, d.max_examples_per_device,
@@ -475,7 +472,8 @@ def run_federated(name: str, cfg, workdir: str, world: _World, writer, mesh: Mes
   from projects.fedlearn import continual  # pylint: disable=import-outside-toplevel
   from projects.fedlearn import partition as partition_lib  # pylint: disable=import-outside-toplevel
   from projects.fedlearn import selection  # pylint: disable=import-outside-toplevel
-  from libs.train.checkpoint import Checkpointer, PreemptionGuard  # pylint: disable=import-outside-toplevel
+  from libs.train.checkpoint import Checkpointer  # pylint: disable=import-outside-toplevel
+  from libs.train.loop import train_loop  # pylint: disable=import-outside-toplevel
   started = time.perf_counter()
   train, test = world.get(cfg)
   p = cfg.partition
@@ -497,19 +495,10 @@ def run_federated(name: str, cfg, workdir: str, world: _World, writer, mesh: Mes
                                server_learning_rate=fl.server_learning_rate, num_devices=num_clients, dp=dp_config,
                                chunk_size=fl.chunk_size)
   init_key, train_key, selection_seed, dp_rand = round_randomness(cfg)
-  state = alg.init(task.init(init_key))
-  state = replicate_tree(state, mesh)
+  state = replicate_tree(alg.init(task.init(init_key)), mesh)
   run_dir = os.path.join(workdir, name)
   ckpt = Checkpointer(os.path.join(run_dir, "checkpoints"), save_every=fl.checkpoint_every)
-  restored = ckpt.restore_or(_Checkpoint(jnp.zeros((), jnp.int32), state))
-  state = restored.server
-  start = int(restored.step)
   store = ControlVariateStore(state.params) if fl.algorithm == "scaffold" else None
-  if store is not None and start > 0:
-    with np.load(os.path.join(run_dir, f"control_{start}.npz")) as f:
-      store.load_state_dict(dict(f))
-  if accountant is not None and start:
-    accountant.record_round(start)
   round_fn = build_round(alg, mesh)
   evaluate = make_eval_fn(task.example_metrics, cfg.eval_batch_size)
   _require(fl.chunk_size % mesh.size == 0, "fl.chunk_size", f"must be a multiple of the {mesh.size} devices",
@@ -530,81 +519,71 @@ def run_federated(name: str, cfg, workdir: str, world: _World, writer, mesh: Mes
       cache[period] = (held, held.num_examples(), tst.pooled())
     return cache[period]
 
-  def eval_row(r: int) -> dict:
-    _, _, (tokens, intents) = period_data(min(r, fl.rounds - 1) // rounds_per_period)
+  def eval_row(done: int, state) -> dict | None:
+    if not (done % fl.eval_every == 0 or done == fl.rounds or (
+        cfg.continual.enabled and done % rounds_per_period == 0)):
+      return None
+    _, _, (tokens, intents) = period_data(min(done - 1, fl.rounds - 1) // rounds_per_period)
     values = evaluate(state.params, tokens, intents)
     return {f"{name}/test/loss": values["loss"], f"{name}/test/accuracy": values["correct"]}
 
-  last_eval = None
-  progress = tqdm.tqdm(total=fl.rounds, initial=start, desc=name, disable=not cfg.progress, leave=False)
-  stopped = False
-  with PreemptionGuard() as guard:
-    for r in range(start, fl.rounds):
-      if accountant is not None:
-        accountant.check_next_round()  # PrivacyBudgetExceeded before overspending.
-      held, counts, _ = period_data(r // rounds_per_period)
-      rng = np.random.default_rng((selection_seed, 7, r))
-      sel = selection.select(s.scheme, counts, fl.clients_per_round, rng, cap_ratio=s.cap_ratio,
-                             weighting=s.weighting, rate=rate)
-      sel, survived = selection.apply_dropout(sel, s.dropout, rng, weighting=s.weighting, mode=s.dropout_mode)
-      weights = survived.astype(np.float32) if accountant is not None else sel.weights.astype(np.float32)
-      batch = held.client_batch(sel.ids, cfg.data.max_examples_per_client, rng)
-      control = store.gather(sel.ids) if store is not None else None
-      clients = alg_lib.Clients((batch.tokens, batch.intents), batch.mask, sel.ids.astype(np.int32), control)
-      size = _pad_size(len(sel.ids), expected, multiple)
-      clients, weights = pad_clients(clients, weights, size)
-      state, diag = round_fn(state, shard_clients(clients, mesh), weights, jax.random.fold_in(train_key, r))
-      diag = jax.device_get(diag)
-      num = len(sel.ids)
-      if store is not None:
-        store.add(sel.ids, jax.tree.map(lambda x: x[:num], diag["control_delta"]), survived)
-      if accountant is not None:
-        accountant.record_round()
-      bad = int(np.sum(~np.isfinite(diag["delta_norm"][:num]) & survived))
-      if bad:  # Under DP these contributed zero to the sum; still a bug to report, not to train on.
-        raise FloatingPointError(f"run {name!r}, round {r + 1}: {bad} of {int(survived.sum())} client updates "
-                                 "have a non-finite norm (quantity: client delta)")
-      if accountant is None:
-        w = np.where(survived, 1.0, 0.0) * np.asarray(batch.num_examples, np.float64)
-        row = {f"{name}/train/loss": float(np.sum(w * diag["loss"][:num]) / max(w.sum(), 1.0)),
-               f"{name}/clients": float(survived.sum()), f"{name}/dropped": float(sel.num_dropped)}
-      else:
-        # Only private quantities: the exact training loss, realised participant count and
-        # clipped fraction of the sampled devices are not accounted for, so DP runs never log them.
-        row = {f"{name}/privacy/epsilon": accountant.epsilon(),
-               f"{name}/dp/clip_norm": float(diag["server/clip_norm"])}
-        if cfg.dp.adaptive:
-          row[f"{name}/dp/noisy_unclipped_fraction"] = float(diag["server/unclipped_fraction"])
-      if (r + 1) % fl.eval_every == 0 or r + 1 == fl.rounds or (
-          cfg.continual.enabled and (r + 1) % rounds_per_period == 0):
-        last_eval = eval_row(r)
-        row.update(last_eval)
-      writer.write_scalars(r + 1, row)
-      progress.update(1)
-      if accountant is None:
-        progress.set_postfix(loss=f"{row[f'{name}/train/loss']:.3f}")
-      else:
-        progress.set_postfix(eps=f"{row[f'{name}/privacy/epsilon']:.3g}")
-      if store is not None and ((r + 1) % fl.checkpoint_every == 0 or r + 1 == fl.rounds or guard.stop_requested):
-        sd = store.state_dict()
-        np.savez(os.path.join(run_dir, f"control_{r + 1}.npz"), **sd)
-      ckpt.maybe_save(_Checkpoint(state.round, state), force=r + 1 == fl.rounds or guard.stop_requested)
-      if guard.stop_requested:
-        stopped = True
-        break
-  progress.close()
+  def one_round(state, r: int):
+    if accountant is not None:
+      if r > accountant.rounds:
+        accountant.record_round(r - accountant.rounds)  # Rounds spent before a resume.
+      accountant.check_next_round()  # PrivacyBudgetExceeded before overspending.
+    held, counts, _ = period_data(r // rounds_per_period)
+    rng = np.random.default_rng((selection_seed, 7, r))
+    sel = selection.select(s.scheme, counts, fl.clients_per_round, rng, cap_ratio=s.cap_ratio,
+                           weighting=s.weighting, rate=rate)
+    sel, survived = selection.apply_dropout(sel, s.dropout, rng, weighting=s.weighting, mode=s.dropout_mode)
+    weights = survived.astype(np.float32) if accountant is not None else sel.weights.astype(np.float32)
+    batch = held.client_batch(sel.ids, cfg.data.max_examples_per_client, rng)
+    control = store.gather(sel.ids) if store is not None else None
+    clients = alg_lib.Clients((batch.tokens, batch.intents), batch.mask, sel.ids.astype(np.int32), control)
+    clients, weights = pad_clients(clients, weights, _pad_size(len(sel.ids), expected, multiple))
+    state, diag = round_fn(state, shard_clients(clients, mesh), weights, jax.random.fold_in(train_key, r))
+    diag = jax.device_get(diag)
+    num = len(sel.ids)
+    if store is not None:
+      store.add(sel.ids, jax.tree.map(lambda x: x[:num], diag["control_delta"]), survived)
+    if accountant is not None:
+      accountant.record_round()
+    bad = int(np.sum(~np.isfinite(diag["delta_norm"][:num]) & survived))
+    if bad:  # Under DP these contributed zero to the sum; still a bug to report, not to train on.
+      raise FloatingPointError(f"run {name!r}, round {r + 1}: {bad} of {int(survived.sum())} client updates "
+                               "have a non-finite norm (quantity: client delta)")
+    if accountant is None:
+      w = np.where(survived, 1.0, 0.0) * np.asarray(batch.num_examples, np.float64)
+      return state, {f"{name}/train/loss": float(np.sum(w * diag["loss"][:num]) / max(w.sum(), 1.0)),
+                     f"{name}/clients": float(survived.sum()), f"{name}/dropped": float(sel.num_dropped)}
+    # Only private quantities: the exact training loss, realised participant count and
+    # clipped fraction of the sampled devices are not accounted for, so DP runs never log them.
+    row = {f"{name}/privacy/epsilon": accountant.epsilon(), f"{name}/dp/clip_norm": float(diag["server/clip_norm"])}
+    if cfg.dp.adaptive:
+      row[f"{name}/dp/noisy_unclipped_fraction"] = float(diag["server/unclipped_fraction"])
+    return state, row
+
+  def postfix(row):
+    if accountant is None:
+      return {"loss": f"{row[f'{name}/train/loss']:.3f}"}
+    return {"eps": f"{row[f'{name}/privacy/epsilon']:.3g}"}
+
+  out = train_loop(state, one_round, num_steps=fl.rounds, checkpointer=ckpt, writer=writer, hooks=[eval_row],
+                   extra=store, desc=name, progress=cfg.progress, postfix=postfix)
   ckpt.close()
-  writer.flush()
-  if stopped:
+  if out.preempted:
     return None
-  if last_eval is None:
-    last_eval = eval_row(fl.rounds - 1)
+  state = out.state
+  if accountant is not None and fl.rounds > accountant.rounds:  # Finished before this process started.
+    accountant.record_round(fl.rounds - accountant.rounds)
+  last_eval = eval_row(fl.rounds, state)
   result = {"name": name, "kind": "federated", "algorithm": fl.algorithm,
             "server_optimizer": fl.server_optimizer, "partition": p.scheme, "selection": s.scheme,
             "continual": bool(cfg.continual.enabled), "rounds": fl.rounds,
             "clients_per_round": fl.clients_per_round, "num_clients": num_clients,
             "test_accuracy": last_eval[f"{name}/test/accuracy"], "test_loss": last_eval[f"{name}/test/loss"],
-            "wall_seconds": time.perf_counter() - started}
+            "train_seconds": out.train_seconds, "wall_seconds": time.perf_counter() - started}
   if cfg.continual.enabled:
     from libs.train.metrics import read_jsonl  # pylint: disable=import-outside-toplevel
     accs = [r[f"{name}/test/accuracy"] for r in read_jsonl(os.path.join(workdir, "metrics.jsonl"))
@@ -621,48 +600,55 @@ def run_federated(name: str, cfg, workdir: str, world: _World, writer, mesh: Mes
   return result
 
 
-def run_centralized(name: str, cfg, workdir: str, world: _World, writer) -> dict:
-  """The centralized baseline: minibatch SGD (momentum 0.9) on the pooled training examples."""
+def run_centralized(name: str, cfg, workdir: str, world: _World, writer) -> dict | None:
+  """The centralized baseline: minibatch SGD (momentum 0.9) on the pooled training examples,
+  one loop step per epoch, resumable from its checkpoint like the federated runs."""
+  from libs.train.checkpoint import Checkpointer  # pylint: disable=import-outside-toplevel
+  from libs.train.loop import every, train_loop  # pylint: disable=import-outside-toplevel
   started = time.perf_counter()
   train, test = world.get(cfg)
   task = _make_task(cfg, train)
   c = cfg.centralized
   opt = optax.sgd(c.learning_rate, momentum=0.9)
   params = task.init(jax.random.split(jax.random.key(cfg.seed))[0])
-  opt_state = opt.init(params)
 
   @jax.jit
-  def step(params, opt_state, tokens, intents):
-    grads = jax.grad(lambda p: jnp.mean(task.example_losses(p, tokens, intents)))(params)
-    updates, opt_state = opt.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state
+  def step(state, tokens, intents):
+    grads = jax.grad(lambda p: jnp.mean(task.example_losses(p, tokens, intents)))(state["params"])
+    updates, opt_state = opt.update(grads, state["opt_state"], state["params"])
+    return {"params": optax.apply_updates(state["params"], updates), "opt_state": opt_state}
 
   tokens, intents = train.pooled()
   test_tokens, test_intents = test.pooled()
   evaluate = make_eval_fn(task.example_metrics, cfg.eval_batch_size)
   num = len(tokens) // c.batch_size
-  values = {}
-  for epoch in tqdm.trange(c.epochs, desc=name, disable=not cfg.progress, leave=False):
-    order = np.random.default_rng((cfg.seed, 11, epoch)).permutation(len(tokens))
+
+  def epoch(state, e: int):
+    order = np.random.default_rng((cfg.seed, 11, e)).permutation(len(tokens))
     for b in range(num):
       idx = order[b * c.batch_size:(b + 1) * c.batch_size]
-      params, opt_state = step(params, opt_state, tokens[idx], intents[idx])
-    values = evaluate(params, test_tokens, test_intents)
-    writer.write_scalars(epoch + 1, {f"{name}/test/accuracy": values["correct"], f"{name}/test/loss": values["loss"]})
+      state = step(state, tokens[idx], intents[idx])
+    return state, None
+
+  def test_row(done, state):
+    values = evaluate(state["params"], test_tokens, test_intents)
+    return {f"{name}/test/accuracy": values["correct"], f"{name}/test/loss": values["loss"]}
+
+  ckpt = Checkpointer(os.path.join(workdir, name, "checkpoints"), save_every=1)
+  out = train_loop({"params": params, "opt_state": opt.init(params)}, epoch, num_steps=c.epochs, checkpointer=ckpt,
+                   writer=writer, hooks=[every(1, test_row, c.epochs)], desc=name, progress=cfg.progress)
+  ckpt.close()
+  if out.preempted:
+    return None
+  values = test_row(c.epochs, out.state)
   return {"name": name, "kind": "centralized", "algorithm": "centralized", "partition": "pooled",
-          "epochs": c.epochs, "test_accuracy": values["correct"], "test_loss": values["loss"],
+          "epochs": c.epochs, "test_accuracy": values[f"{name}/test/accuracy"],
+          "test_loss": values[f"{name}/test/loss"], "train_seconds": out.train_seconds,
           "wall_seconds": time.perf_counter() - started}
 
 
 def replicate_tree(tree: Any, mesh: Mesh) -> Any:
   return jax.device_put(tree, replicated(mesh))
-
-
-def write_json(path: str, payload: dict) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(payload, f, indent=1, default=lambda o: o.item() if hasattr(o, "item") else str(o))
-  os.replace(tmp, path)
 
 
 def _plot(rows: list[dict], results: list[dict], workdir: str, metric: str, ylabel: str, filename: str) -> str:
@@ -738,10 +724,9 @@ def run(config, workdir: str) -> dict | None:
   world = _World()
   results = []
   for name, cfg in runs:
-    done = os.path.join(workdir, name, "done.json")
-    if os.path.exists(done):
-      with open(done, encoding="utf-8") as f:
-        results.append(json.load(f))
+    recorded = io_lib.read_done(os.path.join(workdir, name))
+    if recorded is not None:
+      results.append(recorded)
       print(f"[{name}] finished earlier: test accuracy {100 * results[-1]['test_accuracy']:.2f}% (skipped)")
       continue
     os.makedirs(os.path.join(workdir, name), exist_ok=True)
@@ -752,7 +737,7 @@ def run(config, workdir: str) -> dict | None:
     if res is None:
       writer.close()
       return None
-    write_json(done, res)
+    io_lib.write_done(os.path.join(workdir, name), res)
     results.append(res)
     extra = f", epsilon {res['privacy']['epsilon']:.3g}" if "privacy" in res else ""
     print(f"[{name}] test accuracy {100 * res['test_accuracy']:.2f}%{extra} ({res['wall_seconds']:.1f} s)")
@@ -765,7 +750,7 @@ def run(config, workdir: str) -> dict | None:
   table = format_table(results)
   out = {"name": config.get("name", ""), "runs": results, "table": table, "figures": figures,
          "config": json.loads(config.to_json())}
-  write_json(os.path.join(workdir, "results.json"), out)
+  io_lib.write_results(workdir, out)
   print(table)
   print(f"results: {os.path.join(workdir, 'results.json')}")
   return out

@@ -41,9 +41,9 @@ from libs.dp import ghost
 from libs.dp import noise as noise_lib
 from libs.dp import sampling
 from libs.dp.randomness import DpRandomness
+from libs.speech import evaluate as evaluate_lib
 from libs.train import checkpoint as ckpt_lib
 from libs.train.state import TrainState
-from projects.pate_asr import asr
 from projects.pate_asr import ensemble
 
 
@@ -96,10 +96,10 @@ def train_dpsgd(config: ml_collections.ConfigDict, workdir: str, model, sensitiv
   ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), save_every=dcfg.checkpoint_every)
   state = ckpt.restore_or(state)  # On resume the noise keys are the checkpointed (still secret) ones.
   start = int(np.asarray(jax.device_get(state.step))[0])
-  spec = asr.spec_augment_config(config.train)
+  spec = evaluate_lib.spec_augment_config(config.train)
 
   def per_example(params, batch, key):
-    return asr.per_example_nll(model, params, batch, key, train=True, spec_augment=spec)
+    return evaluate_lib.per_example_nll(model, params, batch, key, train=True, spec_augment=spec)
 
   def clipped_sum(params, batch, key):
     fn = ghost.ghost_clipped_grad(lambda p, b: per_example(p, b, key), l2_clip_norm=dcfg.l2_clip_norm)

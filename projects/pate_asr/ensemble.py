@@ -25,14 +25,16 @@ import numpy as np
 import tqdm
 
 from libs.data import pipeline
+from libs.models import asr as asr_lib
+from libs.speech import evaluate as evaluate_lib
 from libs.speech import wer as wer_lib
 from libs.speech.tokenizer import CharTokenizer
 from libs.train import checkpoint as ckpt_lib
 from libs.train import mesh as mesh_lib
 from libs.train import metrics as metrics_lib
+from libs.train import optimizers
 from libs.train import steps as steps_lib
 from libs.train.state import TrainState
-from projects.pate_asr import asr
 
 
 @dataclasses.dataclass
@@ -44,7 +46,7 @@ class EnsembleResult:
 
 
 def init_stacked(model, key: jax.Array, num_members: int, num_mels: int = 80):
-  return jax.jit(jax.vmap(asr.init_fn(model, num_mels)))(jax.random.split(key, num_members))
+  return jax.jit(jax.vmap(asr_lib.init_fn(model, num_mels)))(jax.random.split(key, num_members))
 
 
 def _pad(batch: dict, frames: int, labels: int) -> dict:
@@ -101,8 +103,8 @@ def train_ensemble(tcfg: ml_collections.ConfigDict, workdir: str, model,
   os.makedirs(workdir, exist_ok=True)
   mesh = mesh_lib.make_mesh()
   sharding = _member_sharding(mesh, num)
-  optimizer = asr.make_optimizer(tcfg)
-  loss_fn = asr.make_loss_fn(model, asr.spec_augment_config(tcfg))
+  optimizer = optimizers.make_optimizer(tcfg)
+  loss_fn = evaluate_lib.make_loss_fn(model, evaluate_lib.spec_augment_config(tcfg))
   init_key, train_key = jax.random.split(jax.random.fold_in(jax.random.key(seed), 1))
   params = init_stacked(model, init_key, 1 if shared_init else num, member_splits[0].features[0].shape[1])
   if shared_init:
@@ -160,7 +162,7 @@ def make_ensemble_decode(model):
 
 
 def evaluate_ensemble(model, stacked_params, split: pipeline.SpeechSplit, tokenizer: CharTokenizer, *,
-                      batch_size: int) -> list[asr.EvalResult]:
+                      batch_size: int) -> list[evaluate_lib.EvalResult]:
   """Greedy-decodes `split` with every member; one EvalResult per member."""
   decode = make_ensemble_decode(model)
   num = jax.tree.leaves(stacked_params)[0].shape[0]
@@ -172,4 +174,5 @@ def evaluate_ensemble(model, stacked_params, split: pipeline.SpeechSplit, tokeni
         for m in range(num):
           hyps[m][i] = tokenizer.decode(ids[m, row, : counts[m, row]]).strip()
   refs = split.transcripts
-  return [asr.EvalResult(wer_lib.word_error_rate(refs, h), h, wer_lib.utterance_errors(refs, h)) for h in hyps]
+  return [evaluate_lib.EvalResult(wer_lib.word_error_rate(refs, h), h, wer_lib.utterance_errors(refs, h))
+          for h in hyps]

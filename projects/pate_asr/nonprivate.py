@@ -7,26 +7,21 @@ Example:
 
 from __future__ import annotations
 
-import json
 import os
 import time
 
 import jax
 import ml_collections
 
+from libs.models import asr as asr_lib
+from libs.speech import evaluate as evaluate_lib
 from libs.speech.tokenizer import CharTokenizer
+from libs.train import io as io_lib
 from libs.train import metrics as metrics_lib
 from libs.train import plots
 from projects.pate_asr import asr
 from projects.pate_asr import data as data_lib
 from projects.pate_asr import validation
-
-
-def write_json(path: str, payload: dict) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(payload, f, indent=1, sort_keys=True)
-  os.replace(tmp, path)  # Atomic: an interrupted write never leaves a broken file.
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict | None:
@@ -40,15 +35,15 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict | None:
   os.makedirs(workdir, exist_ok=True)
   tokenizer = CharTokenizer()
   splits = data_lib.load_splits(config, tokenizer)
-  model = asr.build_model(config.model, tokenizer.vocab_size)
+  model = asr_lib.build_model(config.model, tokenizer.vocab_size)
   result = asr.train(config, workdir, model, splits.train, splits.dev, tokenizer, desc="nonprivate")
   if result.preempted:
     return None
-  decode_fn = asr.make_decode_fn(model)
-  dev = result.dev or asr.evaluate(decode_fn, result.state.params, splits.dev, tokenizer,
-                                   batch_size=config.eval.batch_size)
-  test = asr.evaluate(decode_fn, result.state.params, splits.test, tokenizer,
-                      batch_size=config.eval.batch_size)
+  decode_fn = evaluate_lib.make_decode_fn(model)
+  dev = result.dev or evaluate_lib.evaluate(decode_fn, result.state.params, splits.dev, tokenizer,
+                                            batch_size=config.eval.batch_size)
+  test = evaluate_lib.evaluate(decode_fn, result.state.params, splits.test, tokenizer,
+                               batch_size=config.eval.batch_size)
   rows = metrics_lib.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
   figure = plots.plot_training_curves(rows, os.path.join(workdir, "figures", "training_curve.png"),
                                       title=f"{config.model.name} ({config.model.encoder}) on "
@@ -69,7 +64,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict | None:
   for key in ("accent", "gender"):
     if key in splits.test.metadata:
       results[f"test_wer_by_{key}"] = test.group_wer(splits.test.metadata[key])
-  write_json(os.path.join(workdir, "results.json"), results)
+  io_lib.write_results(workdir, results, sort_keys=True)
   print(f"\nnon-private {config.model.name}: dev WER {100 * dev.wer:.2f}%  test WER {100 * test.wer:.2f}%"
         f"  ({result.steps} steps, {results['train_seconds']:.0f} s training)")
   if "test_wer_by_accent" in results:

@@ -29,7 +29,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -43,16 +42,16 @@ from dp_accounting.rdp import rdp_privacy_accountant
 from libs.accounting import pate as pate_accounting
 from libs.data import pipeline
 from libs.dp.randomness import INSECURE, DpRandomness
+from libs.models import asr as asr_lib
 from libs.speech import wer as wer_lib
 from libs.speech.tokenizer import CharTokenizer
+from libs.train import io as io_lib
 from projects.pate_asr import aggregation
-from projects.pate_asr import asr
 from projects.pate_asr import data as data_lib
 from projects.pate_asr import dpsgd_train
 from projects.pate_asr import ensemble
 from projects.pate_asr import partition
 from projects.pate_asr import validation
-from projects.pate_asr.nonprivate import write_json
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=wrong-import-position
@@ -148,30 +147,17 @@ def check_workdir_randomness(workdir: str, rand: DpRandomness) -> None:
   DP outputs of workdirs started before the marker existed drew their noise from config.seed.
   """
   path = os.path.join(workdir, "dp_randomness.json")
-  recorded = _stage_done(path)
+  recorded = io_lib.read_json(path)
   if recorded is None:
     started = any(os.path.isdir(os.path.join(workdir, s, d)) for s in ("matched", "mismatched")
                   for d in ("labels", "dpsgd"))
     recorded = {"randomness": INSECURE if started else rand.describe()}
     os.makedirs(workdir, exist_ok=True)
-    write_json(path, recorded)
+    io_lib.write_json(path, recorded)
   if recorded["randomness"] != rand.describe():
     raise ValueError(f"config.insecure_reproducible_noise: the workdir {workdir} holds DP outputs made with "
                      f"{recorded['randomness']} randomness, this run would use {rand.describe()}; use a fresh "
                      f"workdir (or the setting it was started with)")
-
-
-def _stage_done(path: str) -> dict | None:
-  return json.load(open(path)) if os.path.exists(path) else None
-
-
-def _train_or_load(path_json, fn):
-  cached = _stage_done(path_json)
-  if cached is not None:
-    return cached
-  out = fn()
-  write_json(path_json, out)
-  return out
 
 
 def run_scenario(config, workdir: str, splits: data_lib.Splits, tokenizer: CharTokenizer, scenario: str,
@@ -186,7 +172,7 @@ def run_scenario(config, workdir: str, splits: data_lib.Splits, tokenizer: CharT
     keep = np.random.default_rng((config.seed, 17)).choice(len(roles.public), pcfg.max_public_utterances,
                                                            replace=False)
     roles.public = roles.public.subset(np.sort(keep))
-  model = asr.build_model(config.model, tokenizer.vocab_size)
+  model = asr_lib.build_model(config.model, tokenizer.vocab_size)
   print(f"[{scenario}] sensitive: {len(roles.sensitive)} utterances of {len(roles.sensitive_speakers)} speakers "
         f"-> {pcfg.num_teachers} teachers; public: {len(roles.public)} utterances of "
         f"{len(roles.public_speakers)} speakers; test: {len(splits.test)}")
@@ -209,14 +195,14 @@ def run_scenario(config, workdir: str, splits: data_lib.Splits, tokenizer: CharT
     r = train("train", "floor", [roles.sensitive], 0)
     return {"test_wer": test_wers(r)[0], "train_seconds": time.perf_counter() - t}
 
-  floor_out = _train_or_load(os.path.join(workdir, "floor", "done.json"), floor)
+  floor_out = io_lib.run_stage(os.path.join(workdir, "floor"), floor)
   print(f"[{scenario}] non-private floor: test WER {100 * floor_out['test_wer']:.2f}%")
 
   # 2. Teachers.
   t = time.perf_counter()
   teachers = train("teachers", "teachers", [roles.sensitive.subset(p) for p in parts], 1,
                    shared_init=pcfg.shared_teacher_init)
-  teacher_info = _train_or_load(os.path.join(workdir, "teachers", "done.json"), lambda: {
+  teacher_info = io_lib.run_stage(os.path.join(workdir, "teachers"), lambda: {
       "dev_wer": [r.wer for r in ensemble.evaluate_ensemble(model, teachers.params, splits.dev, tokenizer,
                                                             batch_size=config.eval.batch_size)],
       "train_seconds": time.perf_counter() - t, "utterances": [int(len(p)) for p in parts]})
@@ -249,7 +235,7 @@ def run_scenario(config, workdir: str, splits: data_lib.Splits, tokenizer: CharT
   # A rerun must republish the same noisy estimates: fresh noise on the same value would be a
   # second release (and averaging them would shrink the noise).
   release_path = os.path.join(label_dir, "smooth_sensitivity_releases.json")
-  releases = _stage_done(release_path) or {}
+  releases = io_lib.read_json(release_path) or {}
   points = []  # (method, target, released indices, record)
   for method in ("plurality",) + tuple(pcfg.methods):
     labels = all_labels[method]
@@ -300,7 +286,7 @@ def run_scenario(config, workdir: str, splits: data_lib.Splits, tokenizer: CharT
         if key not in releases:
           releases[key] = _release(pcfg, labels, released, costs, orders, method,
                                    rng=release_seed(rand, scenario, method, target))
-          write_json(release_path, releases)
+          io_lib.write_json(release_path, releases)
         record["released_epsilon"] = releases[key]
       points.append((method, target, used, record))
 
@@ -314,7 +300,7 @@ def run_scenario(config, workdir: str, splits: data_lib.Splits, tokenizer: CharT
       members = [_label_split(roles.public, all_labels[m], np.asarray(used), tokenizer) for m, used in distinct]
       r = train("students", "students", members, 2)
       return {"test_wer": test_wers(r)}
-    student_out = _train_or_load(os.path.join(workdir, "students", "done.json"), students)
+    student_out = io_lib.run_stage(os.path.join(workdir, "students"), students)
     for m, t, used, record in points:
       if len(used) > 0:
         record["wer"] = student_out["test_wer"][distinct[(m, tuple(used.tolist()))]]
@@ -331,7 +317,7 @@ def run_scenario(config, workdir: str, splits: data_lib.Splits, tokenizer: CharT
     return {"test_wer": test_wers(r), "noise_multipliers": r.noise_multipliers, "epsilons": r.epsilons,
             "sampling_probability": r.sampling_probability, "steps": r.steps, "train_seconds": r.train_seconds}
 
-  dp_out = _train_or_load(os.path.join(workdir, "dpsgd", "done.json"), dpsgd)
+  dp_out = io_lib.run_stage(os.path.join(workdir, "dpsgd"), dpsgd)
   records = [r for _, _, _, r in points]
   for target, w, sigma, eps in zip(pcfg.target_epsilons, dp_out["test_wer"], dp_out["noise_multipliers"],
                                    dp_out["epsilons"]):
@@ -432,7 +418,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict | None:
     return None
   plot(records, os.path.join(workdir, "figures", "wer_vs_epsilon.png"))
   results = {"records": records, "config": config.to_dict(), "wall_seconds_this_run": time.perf_counter() - start}
-  write_json(os.path.join(workdir, "results.json"), results)
+  io_lib.write_results(workdir, results, sort_keys=True)
   print("\n" + table(records))
   print("\nepsilon: what stopped labeling (config.pate.budget); dd = data-dependent (private value, released "
         "with smooth sensitivity in results.json), di = data-independent (worst-case guarantee).")

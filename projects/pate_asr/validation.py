@@ -9,10 +9,11 @@ from __future__ import annotations
 import ml_collections
 
 from libs.data import synthetic_speech
+from libs.models import asr as asr_lib
 from libs.models import encoders
+from projects.pate_asr import aggregation
 
 CORPORA = ("synthetic", "librispeech")
-MODEL_NAMES = ("transducer", "ctc")
 
 
 def _require(ok: bool, field: str, message: str, value) -> None:
@@ -41,7 +42,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
              "must name a local LibriSpeech directory when data.corpus='librispeech'", d.librispeech_dir)
   for field in ("max_train_examples", "max_eval_examples"):
     _require(d[field] >= 0, f"data.{field}", "must be >= 0 (0 means all)", d[field])
-  _require(m.name in MODEL_NAMES, "model.name", f"must be one of {MODEL_NAMES}", m.name)
+  _require(m.name in asr_lib.MODEL_NAMES, "model.name", f"must be one of {asr_lib.MODEL_NAMES}", m.name)
   _require(m.encoder in encoders.ENCODER_KINDS, "model.encoder",
            f"must be one of {encoders.ENCODER_KINDS}", m.encoder)
   for field in ("subsampling_channels", "dim", "num_layers", "num_heads", "conv_kernel",
@@ -86,7 +87,8 @@ def validate_pate(config: ml_collections.ConfigDict) -> None:
   _positive_int(config, "pate.label_batch_size")
   _positive_int(config, "pate.max_symbols_per_frame")
   decode = p.get("decode", "label_sync")
-  _require(decode in ("label_sync", "frame_sync"), "pate.decode", "must be 'label_sync' or 'frame_sync'", decode)
+  _require(decode in aggregation.DECODES, "pate.decode",
+           "must be " + " or ".join(repr(d) for d in aggregation.DECODES), decode)
   _require(0.0 < p.delta < 1.0, "pate.delta", "must be in (0, 1)", p.delta)
   _require(len(p.target_epsilons) > 0 and all(e > 0 for e in p.target_epsilons), "pate.target_epsilons",
            "must be positive numbers", tuple(p.target_epsilons))

@@ -11,7 +11,9 @@ import pytest
 from scipy import stats
 
 from libs.dp import clipping, ghost, noise
+from libs.models import asr as asr_lib
 from libs.models.lm import LMConfig, TransformerLM, next_token_nll
+from libs.speech import evaluate
 
 
 class _MLP(nn.Module):
@@ -209,17 +211,16 @@ def test_ghost_rejects_uncovered_layers():
 
 def test_ghost_clipping_covers_the_transducer_and_equals_vmap():
   """Conv subsampling, bidirectional and unidirectional LSTMs, Embed, LayerNorm, joint Dense."""
-  from projects.pate_asr import asr  # pylint: disable=import-outside-toplevel
   from projects.pate_asr.configs import tiny  # pylint: disable=import-outside-toplevel
-  model = asr.build_model(tiny.get_config().model, 29)
-  params = asr.init_params(model, jax.random.key(0))
+  model = asr_lib.build_model(tiny.get_config().model, 29)
+  params = asr_lib.init_params(model, jax.random.key(0))
   rng = np.random.default_rng(0)
   batch = {"features": jnp.asarray(rng.standard_normal((4, 40, 80)), jnp.float32),
            "feature_lengths": jnp.array([40, 33, 20, 9], jnp.int32),
            "labels": jnp.asarray(rng.integers(1, 29, (4, 6)), jnp.int32),
            "label_lengths": jnp.array([6, 3, 0, 2], jnp.int32)}
   weights = jnp.array([1.0, 1.0, 0.0, 1.0])
-  per_example = lambda p, b: asr.per_example_nll(model, p, b, None, train=False)
+  per_example = lambda p, b: evaluate.per_example_nll(model, p, b, None, train=False)
   vm, vm_norms = jax.jit(clipping.clipped_grad(lambda p, b: jnp.sum(per_example(p, b)), l2_clip_norm=20.0,
                                                return_norms=True))(params, batch, example_weights=weights)
   gh, gh_norms = jax.jit(ghost.ghost_clipped_grad(per_example, l2_clip_norm=20.0, return_norms=True))(
