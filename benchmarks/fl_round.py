@@ -5,7 +5,7 @@
 Simulated client updates per second for a FedAvg round of 64 and of 512 clients on the
 intent model (projects/fedlearn/tasks.py defaults: embedding 64, conv + MLP 128; 1 local
 epoch, batch 8, at most 32 examples per client), measured side by side in one run:
-  * vmap: `simulation.build_round` (all clients in one jitted, vmapped computation on the mesh);
+  * vmap: `rounds.build_round` (all clients in one jitted, vmapped computation on the mesh);
   * sequential: the jitted single-client update in a Python loop, deltas summed on the host
     (`algorithms.sequential_apply`, the correctness reference).
 Compilation is excluded (one warm-up round each). It first runs a round of 1,000 clients drawn
@@ -30,7 +30,7 @@ from libs.train.mesh import make_mesh  # noqa: E402
 from projects.fedlearn import algorithms as alg_lib  # noqa: E402
 from projects.fedlearn import data as data_lib  # noqa: E402
 from projects.fedlearn import selection  # noqa: E402
-from projects.fedlearn import simulation  # noqa: E402
+from projects.fedlearn import rounds  # noqa: E402
 from projects.fedlearn import tasks  # noqa: E402
 
 MAX_EXAMPLES = 32
@@ -68,17 +68,17 @@ def main():
   params = task.init(jax.random.key(0))
   num_params = sum(x.size for x in jax.tree.leaves(params))
   print(f"intent model: {num_params:,} parameters; {jax.device_count()} {jax.devices()[0].platform} device(s)")
-  round_fn = simulation.build_round(alg, mesh)
+  round_fn = rounds.build_round(alg, mesh)
 
   # 1. A round of 1,000 of the 100,000 registered devices (activity-capped selection), memory.
   rss_before = peak_rss_mb()
   counts = population.num_examples()
   sel = selection.select("activity_capped", counts, args.large_round, np.random.default_rng(0), cap_ratio=4.0)
   clients, weights = round_inputs(population, sel.ids, 1)
-  clients, weights = simulation.pad_clients(clients, weights, mesh.size)
+  clients, weights = rounds.pad_clients(clients, weights, mesh.size)
   state = alg.init(params)
   t = time.perf_counter()
-  new_state, diag = round_fn(state, simulation.shard_clients(clients, mesh), weights, jax.random.key(1))
+  new_state, diag = round_fn(state, rounds.shard_clients(clients, mesh), weights, jax.random.key(1))
   jax.block_until_ready(new_state)
   print(f"round of {len(sel.ids)} clients (expected {args.large_round}) out of {args.registered:,} registered "
         f"devices: {time.perf_counter() - t:.1f} s incl. compilation, mean client loss "
@@ -90,8 +90,8 @@ def main():
   for size in sizes:
     ids = np.sort(np.random.default_rng(size).choice(args.registered, size, replace=False))
     clients, weights = round_inputs(population, ids, size)
-    padded, padded_w = simulation.pad_clients(clients, weights, mesh.size)
-    sharded = simulation.shard_clients(padded, mesh)
+    padded, padded_w = rounds.pad_clients(clients, weights, mesh.size)
+    sharded = rounds.shard_clients(padded, mesh)
     state = alg.init(params)
     jax.block_until_ready(round_fn(state, sharded, padded_w, jax.random.key(0)))  # compile
     t = time.perf_counter()

@@ -8,14 +8,14 @@ An algorithm is a pair of pure functions (`FedAlgorithm`):
 A client update is a pure function of (params, the client's padded examples, its mask,
 a key): local SGD over the real examples only, returning the model delta. All clients of
 one round run as ONE vmapped computation (optionally a `lax.scan` over chunks of clients to
-bound memory); `simulation.build_round` jits it on a Mesh with the client axis sharded.
+bound memory); `rounds.build_round` jits it on a Mesh with the client axis sharded.
 
 Algorithms (the server treats `-sum_k w_k delta_k` as a pseudo-gradient, Reddi et al. 2021):
   * fedavg   server SGD (lr 1 = plain FedAvg, McMahan et al. 2017), weights from `selection`.
   * fedprox  local objective + mu/2 ||w - w_global||^2 (Li et al. 2020).
   * fedopt   server Adam / Yogi / Adagrad through optax (Reddi et al. 2021).
   * scaffold control variates, option II of Karimireddy et al. 2020. Client variates c_i
-    live on the host (`simulation.ControlVariateStore`, only for devices that have
+    live on the host (`rounds.ControlVariateStore`, only for devices that have
     participated: never-seen devices have c_i = 0), so 100,000 registered devices cost
     memory only for those actually sampled.
   * DP-FedAvg (any algorithm but scaffold, with `DPConfig`): per-device delta clipped to L2

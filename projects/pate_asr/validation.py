@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ml_collections
 
+from libs.config.checks import positive_int, require
 from libs.data import synthetic_speech
 from libs.models import asr as asr_lib
 from libs.models import encoders
@@ -16,55 +17,42 @@ from projects.pate_asr import aggregation
 CORPORA = ("synthetic", "librispeech")
 
 
-def _require(ok: bool, field: str, message: str, value) -> None:
-  if not ok:
-    raise ValueError(f"config.{field} {message}, got {value!r}")
-
-
-def _positive_int(config, field: str) -> None:
-  value = config
-  for part in field.split("."):
-    value = value[part]
-  _require(isinstance(value, int) and not isinstance(value, bool) and value >= 1, field,
-           "must be an integer >= 1", value)
-
-
 def validate(config: ml_collections.ConfigDict) -> None:
   """Raises ValueError naming the first invalid field of `config`."""
   d, m, t = config.data, config.model, config.train
-  _require(d.corpus in CORPORA, "data.corpus", f"must be one of {CORPORA}", d.corpus)
+  require(d.corpus in CORPORA, "data.corpus", f"must be one of {CORPORA}", d.corpus)
   if d.corpus == "synthetic":
     names = tuple(c.name for c in synthetic_speech.BUILDER_CONFIGS)
-    _require(d.synthetic_config in names, "data.synthetic_config", f"must be one of {names}",
+    require(d.synthetic_config in names, "data.synthetic_config", f"must be one of {names}",
              d.synthetic_config)
   else:
-    _require(bool(d.librispeech_dir), "data.librispeech_dir",
+    require(bool(d.librispeech_dir), "data.librispeech_dir",
              "must name a local LibriSpeech directory when data.corpus='librispeech'", d.librispeech_dir)
   for field in ("max_train_examples", "max_eval_examples"):
-    _require(d[field] >= 0, f"data.{field}", "must be >= 0 (0 means all)", d[field])
-  _require(m.name in asr_lib.MODEL_NAMES, "model.name", f"must be one of {asr_lib.MODEL_NAMES}", m.name)
-  _require(m.encoder in encoders.ENCODER_KINDS, "model.encoder",
+    require(d[field] >= 0, f"data.{field}", "must be >= 0 (0 means all)", d[field])
+  require(m.name in asr_lib.MODEL_NAMES, "model.name", f"must be one of {asr_lib.MODEL_NAMES}", m.name)
+  require(m.encoder in encoders.ENCODER_KINDS, "model.encoder",
            f"must be one of {encoders.ENCODER_KINDS}", m.encoder)
   for field in ("subsampling_channels", "dim", "num_layers", "num_heads", "conv_kernel",
                 "embed_dim", "predictor_dim", "joint_dim"):
-    _positive_int(config, f"model.{field}")
+    positive_int(config, f"model.{field}")
   if m.encoder == "lstm" and m.bidirectional:
-    _require(m.dim % 2 == 0, "model.dim", "must be even for a bidirectional LSTM", m.dim)
+    require(m.dim % 2 == 0, "model.dim", "must be even for a bidirectional LSTM", m.dim)
   if m.encoder == "conformer":
-    _require(m.dim % m.num_heads == 0, "model.dim", f"must be divisible by model.num_heads={m.num_heads}", m.dim)
-  _require(0.0 <= m.dropout < 1.0, "model.dropout", "must be in [0, 1)", m.dropout)
+    require(m.dim % m.num_heads == 0, "model.dim", f"must be divisible by model.num_heads={m.num_heads}", m.dim)
+  require(0.0 <= m.dropout < 1.0, "model.dropout", "must be in [0, 1)", m.dropout)
   for field in ("batch_size", "num_steps", "log_every", "eval_every", "checkpoint_every", "num_buckets"):
-    _positive_int(config, f"train.{field}")
-  _require(t.learning_rate > 0, "train.learning_rate", "must be > 0", t.learning_rate)
-  _require(t.warmup_steps >= 0, "train.warmup_steps", "must be >= 0", t.warmup_steps)
-  _require(0.0 <= t.final_lr_fraction <= 1.0, "train.final_lr_fraction", "must be in [0, 1]",
+    positive_int(config, f"train.{field}")
+  require(t.learning_rate > 0, "train.learning_rate", "must be > 0", t.learning_rate)
+  require(t.warmup_steps >= 0, "train.warmup_steps", "must be >= 0", t.warmup_steps)
+  require(0.0 <= t.final_lr_fraction <= 1.0, "train.final_lr_fraction", "must be in [0, 1]",
            t.final_lr_fraction)
-  _require(t.weight_decay >= 0, "train.weight_decay", "must be >= 0", t.weight_decay)
-  _require(t.grad_clip_norm > 0, "train.grad_clip_norm", "must be > 0", t.grad_clip_norm)
+  require(t.weight_decay >= 0, "train.weight_decay", "must be >= 0", t.weight_decay)
+  require(t.grad_clip_norm > 0, "train.grad_clip_norm", "must be > 0", t.grad_clip_norm)
   for field in ("freq_masks", "freq_mask_width", "time_masks", "time_mask_width"):
-    _require(t[field] >= 0, f"train.{field}", "must be >= 0", t[field])
-  _positive_int(config, "eval.batch_size")
-  _require(config.num_devices >= 0, "num_devices", "must be >= 0 (0 means all devices)", config.num_devices)
+    require(t[field] >= 0, f"train.{field}", "must be >= 0", t[field])
+  positive_int(config, "eval.batch_size")
+  require(config.num_devices >= 0, "num_devices", "must be >= 0 (0 means all devices)", config.num_devices)
 
 
 PATE_METHODS = ("lnmax", "gnmax", "confident_gnmax", "noisy_average")
@@ -74,41 +62,41 @@ TRAIN_FIELDS = ("batch_size", "num_steps", "log_every", "checkpoint_every", "num
 def validate_pate(config: ml_collections.ConfigDict) -> None:
   """Checks the sections of a PATE sweep config (`validate` covers the shared ones)."""
   noise = config.get("insecure_reproducible_noise")
-  _require(isinstance(noise, bool), "insecure_reproducible_noise", "must be a bool (False: secret DP noise; "
+  require(isinstance(noise, bool), "insecure_reproducible_noise", "must be a bool (False: secret DP noise; "
            "True only for tests/debugging)", noise)
   p = config.pate
   for scenario in p.scenarios:
-    _require(scenario in ("matched", "mismatched"), "pate.scenarios", "must hold 'matched'/'mismatched'", scenario)
+    require(scenario in ("matched", "mismatched"), "pate.scenarios", "must hold 'matched'/'mismatched'", scenario)
   for method in p.methods:
-    _require(method in PATE_METHODS, "pate.methods", f"must hold methods of {PATE_METHODS}", method)
-  _positive_int(config, "pate.num_teachers")
-  _require(p.max_public_utterances >= 0, "pate.max_public_utterances", "must be >= 0 (0 means all)",
+    require(method in PATE_METHODS, "pate.methods", f"must hold methods of {PATE_METHODS}", method)
+  positive_int(config, "pate.num_teachers")
+  require(p.max_public_utterances >= 0, "pate.max_public_utterances", "must be >= 0 (0 means all)",
            p.max_public_utterances)
-  _positive_int(config, "pate.label_batch_size")
-  _positive_int(config, "pate.max_symbols_per_frame")
+  positive_int(config, "pate.label_batch_size")
+  positive_int(config, "pate.max_symbols_per_frame")
   decode = p.get("decode", "label_sync")
-  _require(decode in aggregation.DECODES, "pate.decode",
+  require(decode in aggregation.DECODES, "pate.decode",
            "must be " + " or ".join(repr(d) for d in aggregation.DECODES), decode)
-  _require(0.0 < p.delta < 1.0, "pate.delta", "must be in (0, 1)", p.delta)
-  _require(len(p.target_epsilons) > 0 and all(e > 0 for e in p.target_epsilons), "pate.target_epsilons",
+  require(0.0 < p.delta < 1.0, "pate.delta", "must be in (0, 1)", p.delta)
+  require(len(p.target_epsilons) > 0 and all(e > 0 for e in p.target_epsilons), "pate.target_epsilons",
            "must be positive numbers", tuple(p.target_epsilons))
-  _require(p.budget in ("data_dependent", "data_independent"), "pate.budget",
+  require(p.budget in ("data_dependent", "data_independent"), "pate.budget",
            "must be 'data_dependent' or 'data_independent'", p.budget)
   for field in ("lnmax_scale", "gnmax_sigma", "confident_sigma", "confident_sigma_threshold",
                 "noisy_average_sigma", "ss_beta", "ss_sigma"):
-    _require(p[field] > 0, f"pate.{field}", "must be > 0", p[field])
-  _require(1 < p.ss_order < 1 / (2 * p.ss_beta), "pate.ss_order", "must be in (1, 1 / (2 * pate.ss_beta))",
+    require(p[field] > 0, f"pate.{field}", "must be > 0", p[field])
+  require(1 < p.ss_order < 1 / (2 * p.ss_beta), "pate.ss_order", "must be in (1, 1 / (2 * pate.ss_beta))",
            p.ss_order)
   for section in ("teachers", "students"):
     for field in TRAIN_FIELDS:
-      _positive_int(config, f"{section}.{field}")
-    _require(config[section].learning_rate > 0, f"{section}.learning_rate", "must be > 0",
+      positive_int(config, f"{section}.{field}")
+    require(config[section].learning_rate > 0, f"{section}.learning_rate", "must be > 0",
              config[section].learning_rate)
   d = config.dpsgd
   for field in ("num_steps", "physical_batch_size", "checkpoint_every"):
-    _positive_int(config, f"dpsgd.{field}")
-  _require(d.expected_batch_size > 0, "dpsgd.expected_batch_size", "must be > 0", d.expected_batch_size)
-  _require(d.l2_clip_norm > 0, "dpsgd.l2_clip_norm", "must be > 0", d.l2_clip_norm)
-  _require(d.learning_rate > 0, "dpsgd.learning_rate", "must be > 0", d.learning_rate)
-  _require(config.model.name == "transducer", "model.name", "must be 'transducer' for PATE (sequence "
+    positive_int(config, f"dpsgd.{field}")
+  require(d.expected_batch_size > 0, "dpsgd.expected_batch_size", "must be > 0", d.expected_batch_size)
+  require(d.l2_clip_norm > 0, "dpsgd.l2_clip_norm", "must be > 0", d.l2_clip_norm)
+  require(d.learning_rate > 0, "dpsgd.learning_rate", "must be > 0", d.learning_rate)
+  require(config.model.name == "transducer", "model.name", "must be 'transducer' for PATE (sequence "
            "queries are transducer decoding steps)", config.model.name)

@@ -3,6 +3,7 @@
 import glob
 import importlib.util
 import os
+import re
 
 import pytest
 
@@ -26,9 +27,11 @@ def test_config_builds_and_validates(path):
   assert config.mode
   if "pate_asr" in path:
     validation.validate(config)
+    if config.mode == "sweep":
+      validation.validate_pate(config)  # the pate, teachers, students and dpsgd sections
   if "fedlearn" in path:
-    from projects.fedlearn import simulation  # pylint: disable=import-outside-toplevel
-    assert simulation.sub_runs(config)  # every sub-run merges and validates
+    from projects.fedlearn import validation as fl_validation  # pylint: disable=import-outside-toplevel
+    assert fl_validation.sub_runs(config)  # every sub-run merges and validates
   assert "python -m projects." in open(path).read()  # the docstring holds the command
 
 
@@ -61,3 +64,20 @@ def test_librispeech_needs_a_directory():
   config.data.corpus = "librispeech"
   with pytest.raises(ValueError, match=r"config\.data\.librispeech_dir"):
     validation.validate(config)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("pate.num_teachers", 0, "config.pate.num_teachers must be an integer >= 1"),
+    ("pate.delta", 1.5, "config.pate.delta must be in (0, 1)"),
+    ("pate.gnmax_sigma", 0.0, "config.pate.gnmax_sigma must be > 0"),
+    ("dpsgd.l2_clip_norm", -1.0, "config.dpsgd.l2_clip_norm must be > 0"),
+    ("dpsgd.num_steps", 0, "config.dpsgd.num_steps must be an integer >= 1"),
+    ("teachers.learning_rate", 0.0, "config.teachers.learning_rate must be > 0"),
+])
+def test_sweep_sections_are_validated_naming_the_field(field, value, message):
+  config = _load(os.path.join(REPO, "projects", "pate_asr", "configs", "quick.py"))
+  validation.validate_pate(config)
+  section, key = field.split(".")
+  config[section][key] = value
+  with pytest.raises(ValueError, match=re.escape(message)):
+    validation.validate_pate(config)

@@ -23,7 +23,9 @@ from libs.train.mesh import make_mesh
 from projects.fedlearn import algorithms as alg_lib
 from projects.fedlearn import privacy
 from projects.fedlearn import selection
+from projects.fedlearn import rounds
 from projects.fedlearn import simulation
+from projects.fedlearn import validation
 
 DIM = 5
 
@@ -72,14 +74,14 @@ def _round(case):
   """(algorithm, round_fn on the 8-device mesh) of a case, built once per test session."""
   kw = dict(CASES[case])
   alg = alg_lib.make_algorithm(kw.pop("name"), loss_fn, kw.pop("client"), **kw)
-  return alg, simulation.build_round(alg, make_mesh())
+  return alg, rounds.build_round(alg, make_mesh())
 
 
 def _run_padded(case, state, clients, weights, key):
   alg, round_fn = _round(case)
   mesh = make_mesh()
-  padded, padded_w = simulation.pad_clients(clients, weights, mesh.size)
-  return round_fn(state, simulation.shard_clients(padded, mesh), padded_w, key)
+  padded, padded_w = rounds.pad_clients(clients, weights, mesh.size)
+  return round_fn(state, rounds.shard_clients(padded, mesh), padded_w, key)
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -96,10 +98,10 @@ def test_vmapped_sharded_round_matches_sequential_loop(case):
     state = state.replace(control={"w": jnp.full(DIM, 0.05), "b": jnp.asarray(-0.02)})
   mesh = make_mesh()
   assert mesh.size == 8
-  padded, padded_w = simulation.pad_clients(clients, weights, mesh.size)
+  padded, padded_w = rounds.pad_clients(clients, weights, mesh.size)
   assert len(padded_w) == 16
   key = jax.random.key(3)
-  new, diag = round_fn(state, simulation.shard_clients(padded, mesh), padded_w, key)
+  new, diag = round_fn(state, rounds.shard_clients(padded, mesh), padded_w, key)
   assert new.params["w"].sharding.is_fully_replicated and diag["loss"].sharding.spec[0] == "data"
   ref, ref_diag = alg_lib.sequential_apply(alg, state, clients, weights, key)
   for a, b in zip(jax.tree.leaves(new), jax.tree.leaves(ref)):
@@ -114,7 +116,7 @@ def test_vmapped_sharded_round_matches_sequential_loop(case):
     np.testing.assert_allclose(np.asarray(diag["control_delta"]["w"])[:13], ref_diag["control_delta"]["w"],
                                rtol=2e-5, atol=2e-6)
   # Purity: the same inputs give the same outputs.
-  again, _ = round_fn(state, simulation.shard_clients(padded, mesh), padded_w, key)
+  again, _ = round_fn(state, rounds.shard_clients(padded, mesh), padded_w, key)
   np.testing.assert_array_equal(np.asarray(again.params["w"]), np.asarray(new.params["w"]))
 
 
@@ -338,7 +340,7 @@ def test_invalid_algorithm_settings_are_refused():
 
 def test_control_variate_store_is_sparse_and_round_trips():
   params = _params()
-  store = simulation.ControlVariateStore(params)
+  store = rounds.ControlVariateStore(params)
   ids = np.array([7, 99_999, 3])
   deltas = {"w": np.ones((3, DIM), np.float32), "b": np.arange(3, dtype=np.float32)}
   store.add(ids, deltas, np.array([True, True, False]))
@@ -347,7 +349,7 @@ def test_control_variate_store_is_sparse_and_round_trips():
   got = store.gather(np.array([7, 3, 99_999, 5]))
   np.testing.assert_array_equal(got["w"][:, 0], [2, 0, 1, 0])
   np.testing.assert_array_equal(got["b"], [0, 0, 1, 0])
-  other = simulation.ControlVariateStore(params)
+  other = rounds.ControlVariateStore(params)
   other.load_state_dict(store.state_dict())
   np.testing.assert_array_equal(other.gather(np.array([7]))["w"], got["w"][:1])
 
@@ -475,7 +477,7 @@ def test_dp_weights_must_be_zero_or_one():
   with pytest.raises(ValueError, match="weights must be 0 or 1"):
     alg_lib.sequential_apply(alg, state, clients, weights, jax.random.key(0))
   with pytest.raises(ValueError, match="weights must be 0 or 1"):
-    simulation.build_round(alg, make_mesh())(state, clients, np.full(6, 0.5, np.float32), jax.random.key(0))
+    rounds.build_round(alg, make_mesh())(state, clients, np.full(6, 0.5, np.float32), jax.random.key(0))
   alg_lib.check_dp_weights(np.array([0.0, 1.0, 1.0]))  # valid
 
 
@@ -537,7 +539,7 @@ def test_dp_with_a_re_dealt_partition_is_refused(tmp_path):
 
 def test_dp_randomness_is_secret_unless_explicitly_insecure():
   config = _tiny_config()
-  _, merged = simulation.sub_runs(config)[2]
+  _, merged = validation.sub_runs(config)[2]
   assert merged.dp.enabled and merged.dp.insecure_reproducible_noise is False
   from_seed = jax.random.split(jax.random.key(merged.seed))[1]
   runs = [simulation.round_randomness(merged) for _ in range(2)]
@@ -551,7 +553,7 @@ def test_dp_randomness_is_secret_unless_explicitly_insecure():
   assert a[3].describe() == "reproducible-insecure" and a[2] == b[2]
   np.testing.assert_array_equal(jax.random.key_data(a[1]), jax.random.key_data(b[1]))
   # Without DP nothing changes: everything from the seed.
-  _, plain = simulation.sub_runs(config)[1]
+  _, plain = validation.sub_runs(config)[1]
   assert simulation.round_randomness(plain)[2] == plain.seed and simulation.round_randomness(plain)[3] is None
 
 
@@ -578,10 +580,10 @@ def test_scaffold_resume_restores_control_variates_through_orbax(tmp_path):
   # Without the control variates the resumed rounds differ: the check can fail.
   shutil.rmtree(os.path.join(resumed, "scaffold", "checkpoints", "4"))
   os.remove(os.path.join(resumed, "scaffold", "done.json"))
-  store_state = simulation.ControlVariateStore.load_state_dict
-  simulation.ControlVariateStore.load_state_dict = lambda self, state: None
+  store_state = rounds.ControlVariateStore.load_state_dict
+  rounds.ControlVariateStore.load_state_dict = lambda self, state: None
   try:
     lost = simulation.run(config, resumed)["runs"][0]
   finally:
-    simulation.ControlVariateStore.load_state_dict = store_state
+    rounds.ControlVariateStore.load_state_dict = store_state
   assert lost["test_loss"] != pytest.approx(a["test_loss"], rel=1e-6)
