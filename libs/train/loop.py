@@ -68,7 +68,7 @@ def _payload(state, seconds: float, extra) -> dict:
 def train_loop(state: Any, step_fn: Callable[[Any, int], tuple[Any, dict | None]], *, num_steps: int,
                checkpointer: Checkpointer, writer=None, hooks: Sequence[Hook] = (), extra: Any = None,
                desc: str = "train", progress: bool = True,
-               postfix: Callable[[dict], dict] | None = None) -> LoopResult:
+               postfix: Callable[[dict], dict] | None = None, seconds_key: str | None = None) -> LoopResult:
   """Runs (or resumes) `step_fn` up to `num_steps`, checkpointing everything the run needs.
 
   Args:
@@ -86,6 +86,8 @@ def train_loop(state: Any, step_fn: Callable[[Any, int], tuple[Any, dict | None]
     desc: the progress bar's label.
     progress: show a tqdm progress bar.
     postfix: row -> dict shown on the progress bar.
+    seconds_key: if set, every row `step_fn` returns also logs the training seconds so far
+      (`train_seconds`, resumes included) under this name.
 
   Returns:
     LoopResult(state, steps done, training seconds, preempted).
@@ -106,6 +108,8 @@ def train_loop(state: Any, step_fn: Callable[[Any, int], tuple[Any, dict | None]
       elapsed += time.perf_counter() - t0
       done = step + 1
       row = dict(row or {})
+      if seconds_key is not None and row:
+        row[seconds_key] = elapsed
       for hook in hooks:
         row.update(hook(done, state) or {})
       if writer is not None and row:

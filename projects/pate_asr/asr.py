@@ -12,7 +12,6 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 import time
 from typing import Any, Callable
@@ -27,6 +26,7 @@ from libs.models import asr as asr_lib
 from libs.speech import evaluate as evaluate_lib
 from libs.speech.tokenizer import CharTokenizer
 from libs.train import checkpoint as ckpt_lib
+from libs.train import loop as loop_lib
 from libs.train import mesh as mesh_lib
 from libs.train import metrics as metrics_lib
 from libs.train import optimizers
@@ -49,10 +49,10 @@ def train(config: ml_collections.ConfigDict, workdir: str, model, train_split: p
           loss_fn: Callable | None = None, desc: str = "train") -> TrainResult:
   """Trains `model` on `train_split`, resuming from `workdir/checkpoints` when present.
 
-  Writes metrics (TensorBoard + metrics.jsonl) to `workdir`, shows a progress bar,
-  evaluates dev WER every `config.train.eval_every` steps, checkpoints every
-  `config.train.checkpoint_every` steps and on SIGTERM/SIGINT (then returns with
-  `preempted=True`).
+  Runs `libs.train.loop.train_loop`: writes metrics (TensorBoard + metrics.jsonl) to
+  `workdir`, shows a progress bar, evaluates dev WER every `config.train.eval_every` steps,
+  checkpoints (with the training seconds so far) every `config.train.checkpoint_every` steps
+  and on SIGTERM/SIGINT (then returns with `preempted=True`).
   """
   tcfg = config.train
   mesh = mesh_lib.make_mesh(jax.devices()[: config.get("num_devices") or None])
@@ -65,56 +65,90 @@ def train(config: ml_collections.ConfigDict, workdir: str, model, train_split: p
   state = jax.jit(lambda p: TrainState.create(p, optimizer))(params)
   state = mesh_lib.replicate(state, mesh)
   ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), save_every=tcfg.checkpoint_every)
-  state = ckpt.restore_or(state)
-  start = int(jax.device_get(state.step))
   batcher = pipeline.Batcher(train_split, tcfg.batch_size, seed=config.seed, num_buckets=tcfg.num_buckets)
   step_fn = steps_lib.jit_data_parallel(steps_lib.make_train_step(loss_fn, optimizer), mesh)
-  decode_fn = evaluate_lib.make_decode_fn(model)
   writer = metrics_lib.create_writer(workdir)
-  if start == 0:
+  if not ckpt.latest_step():
     writer.write_hparams(dict(_flatten(config.to_dict())))
   num_params = sum(x.size for x in jax.tree.leaves(state.params))
-  dev = None
-  # Training time carries over a resume: continue from the last value logged before `start`.
-  elapsed = max([r["train/elapsed_seconds"] for r in metrics_lib.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
-                 if "train/elapsed_seconds" in r and r["step"] <= start] or [0.0])
-  preempted = False
-  with ckpt_lib.PreemptionGuard() as guard, tqdm.tqdm(
-      total=tcfg.num_steps, initial=start, desc=desc, unit="step", dynamic_ncols=True,
-      disable=not config.get("progress", True)) as bar:
-    t_last, utts = time.perf_counter(), 0
-    for step in range(start, tcfg.num_steps):
-      batch = batcher.batch(step)
-      state, m = step_fn(state, mesh_lib.shard_batch(batch, mesh), train_key)
-      utts += int(batch["weights"].sum())
-      bar.update(1)
-      done = step + 1
-      if done % tcfg.log_every == 0 or done == tcfg.num_steps:
-        m = jax.device_get(m)
-        now = time.perf_counter()
-        elapsed += now - t_last
-        scalars = {f"train/{k}": float(v) for k, v in m.items()}
-        scalars["train/utterances_per_s"] = utts / max(now - t_last, 1e-9)
-        scalars["train/elapsed_seconds"] = elapsed
-        writer.write_scalars(done, scalars)
-        bar.set_postfix(loss=f"{scalars['train/loss']:.3f}", utt_s=f"{scalars['train/utterances_per_s']:.0f}")
-        t_last, utts = time.perf_counter(), 0
-      if dev_split is not None and (done % tcfg.eval_every == 0 or done == tcfg.num_steps):
-        dev = evaluate_lib.evaluate(decode_fn, state.params, dev_split, tokenizer,
-                       batch_size=config.eval.batch_size, mesh=mesh, buckets=batcher.buckets)
-        writer.write_scalars(done, {"dev/wer": dev.wer})
-        bar.write(f"[{desc}] step {done}: dev WER {100 * dev.wer:.2f}%")
-        t_last = time.perf_counter()  # Evaluation time is not training throughput.
-      stop = guard.stop_requested  # Read once: a signal may land while saving.
-      ckpt.maybe_save(state, force=stop or done == tcfg.num_steps)
-      if stop:
-        bar.write(f"[{desc}] received {guard.received}: checkpointed step {done}, stopping")
-        preempted = True
-        break
+  throughput = _Throughput()
+
+  def train_step(state, step):
+    throughput.start()
+    batch = batcher.batch(step)
+    state, m = step_fn(state, mesh_lib.shard_batch(batch, mesh), train_key)
+    throughput.count(int(batch["weights"].sum()))
+    done = step + 1
+    if done % tcfg.log_every and done != tcfg.num_steps:
+      return state, None
+    row = {f"train/{k}": float(v) for k, v in jax.device_get(m).items()}
+    row["train/utterances_per_s"] = throughput.rate()
+    return state, row
+
+  decode_fn = evaluate_lib.make_decode_fn(model)
+  dev_hook = _DevHook(lambda params: evaluate_lib.evaluate(
+      decode_fn, params, dev_split, tokenizer, batch_size=config.eval.batch_size, mesh=mesh,
+      buckets=batcher.buckets), throughput, desc)
+  hooks = [loop_lib.every(tcfg.eval_every, dev_hook, tcfg.num_steps)] if dev_split is not None else []
+  out = loop_lib.train_loop(state, train_step, num_steps=tcfg.num_steps, checkpointer=ckpt, writer=writer,
+                            hooks=hooks, desc=desc, progress=config.get("progress", True), postfix=_postfix,
+                            seconds_key="train/elapsed_seconds")
   ckpt.close()
-  writer.write_scalars(int(jax.device_get(state.step)), {"model/num_params": num_params})
+  if out.preempted:
+    print(f"[{desc}] stopped by a signal: checkpointed step {out.step}, stopping")
+  writer.write_scalars(out.step, {"model/num_params": num_params})
   writer.flush()
-  return TrainResult(state, elapsed, int(jax.device_get(state.step)), preempted, dev)
+  return TrainResult(out.state, out.train_seconds, out.step, out.preempted, dev_hook.last)
+
+
+class _Throughput:
+  """Utterances per second over the steps since the last log row, evaluation excluded.
+
+  The clock starts at the first step this process runs (not at set-up or restore).
+  """
+
+  def __init__(self):
+    self._since, self._utterances = None, 0
+
+  def start(self):
+    if self._since is None:
+      self._since = time.perf_counter()
+
+  def count(self, utterances: int):
+    self._utterances += utterances
+
+  def rate(self) -> float:
+    now = time.perf_counter()
+    rate = self._utterances / max(now - self._since, 1e-9)
+    self._since, self._utterances = now, 0
+    return rate
+
+  def restart(self):
+    """Drops the time spent so far in this window (evaluation is not training throughput)."""
+    self._since = time.perf_counter()
+
+
+class _DevHook:
+  """The loop hook evaluating dev WER; keeps the last result for `TrainResult.dev`."""
+
+  def __init__(self, evaluate: Callable[[Any], evaluate_lib.EvalResult], throughput: _Throughput, desc: str):
+    self._evaluate, self._throughput, self._desc = evaluate, throughput, desc
+    self.last: evaluate_lib.EvalResult | None = None
+
+  def __call__(self, done: int, state) -> dict:
+    self.last = self._evaluate(state.params)
+    tqdm.tqdm.write(f"[{self._desc}] step {done}: dev WER {100 * self.last.wer:.2f}%")
+    self._throughput.restart()
+    return {"dev/wer": self.last.wer}
+
+
+def _postfix(row: dict) -> dict:
+  shown = {}
+  if "train/loss" in row:
+    shown.update(loss=f"{row['train/loss']:.3f}", utt_s=f"{row['train/utterances_per_s']:.0f}")
+  if "dev/wer" in row:
+    shown["dev_wer"] = f"{100 * row['dev/wer']:.1f}%"
+  return shown
 
 
 def _flatten(d: dict, prefix: str = ""):

@@ -6,13 +6,18 @@ N; shared by the models, which does not affect any one model's guarantee), split
 into fixed-shape physical batches, sums clipped per-example gradients over them (ghost
 clipping: `libs.dp.ghost_clipped_grad` covers every layer of the LSTM transducer), adds
 Gaussian noise with each model's calibrated multiplier and applies Adam (DP-Adam: any
-optimizer after the noise is post-processing).
+optimizer after the noise is post-processing). The steps run in `libs.train.loop`, which
+restores, checkpoints (with the training seconds), stops cleanly on a signal and shows
+the progress bar.
 
 Privacy: utterance-level (add/remove one utterance), Poisson-subsampled Gaussian
 mechanism composed over the steps, RDP accountant (`libs.accounting`); a per-model
 `PrivacyLedger` refuses any step that would pass its target. The Gaussian noise and the
 Poisson samples come from `DpRandomness` (`dp_streams`), never from config.seed, which is
-published in results.json.
+published in results.json. Each step logs only the epsilon spent per model
+(`privacy/epsilon/target_<t>`, a formal guarantee at the run's delta) to
+`workdir/metrics.jsonl` and TensorBoard; the training loss is a non-private function of
+the sensitive data and is never logged.
 
 Example:
   >>> rand = DpRandomness.from_config(config.seed, config.insecure_reproducible_noise)
@@ -23,9 +28,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
-import time
 from typing import Sequence
 
 import jax
@@ -33,7 +36,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-import tqdm
 
 from libs import accounting
 from libs.data import pipeline
@@ -43,8 +45,12 @@ from libs.dp import sampling
 from libs.dp.randomness import DpRandomness
 from libs.speech import evaluate as evaluate_lib
 from libs.train import checkpoint as ckpt_lib
+from libs.train import metrics as metrics_lib
+from libs.train.loop import train_loop
 from libs.train.state import TrainState
 from projects.pate_asr import ensemble
+
+UNIT = "utterance"
 
 
 @dataclasses.dataclass
@@ -77,92 +83,145 @@ def dp_streams(rand: DpRandomness, name: str, num: int) -> tuple[jax.Array, int]
   return jax.random.split(rand.key(f"dpsgd_noise/{name}"), num), rand.seed(f"dpsgd_sampling/{name}")
 
 
-def train_dpsgd(config: ml_collections.ConfigDict, workdir: str, model, sensitive: pipeline.SpeechSplit,
-                targets: Sequence[float], *, delta: float, rand: DpRandomness, name: str,
-                progress: bool = True) -> DpsgdResult:
+def epsilon_metric_names(targets: Sequence[float]) -> list[str]:
+  """The metric name of each model's spent epsilon; a repeated target gets its model's index."""
+  names = []
+  for i, t in enumerate(targets):
+    name = f"privacy/epsilon/target_{float(t):g}"
+    names.append(name if name not in names else f"{name}_model_{i}")
+  return names
+
+
+class _Ledgers:
+  """One `PrivacyLedger` per model, each charged one Poisson-sampled Gaussian event a step."""
+
+  def __init__(self, targets, sigmas, delta, q):
+    self.names = epsilon_metric_names(targets)
+    self.ledgers = [accounting.PrivacyLedger(t, delta, unit=UNIT) for t in targets]
+    self.events = [accounting.poisson_gaussian_event(s, q, 1) for s in sigmas]
+    self.steps = 0
+
+  def catch_up(self, steps: int) -> None:
+    """Charges the steps a restored checkpoint already took (the ledgers live on the host)."""
+    if steps > self.steps:
+      for ledger, event in zip(self.ledgers, self.events):
+        ledger.record(event, count=steps - self.steps)
+      self.steps = steps
+
+  def check_step(self) -> None:
+    for ledger, event in zip(self.ledgers, self.events):
+      ledger.check(event)  # Raises PrivacyBudgetExceeded before overspending.
+
+  def record_step(self) -> None:
+    self.catch_up(self.steps + 1)
+
+  def epsilons(self) -> list[float]:
+    return [ledger.epsilon() for ledger in self.ledgers]
+
+  def row(self) -> dict[str, float]:
+    return dict(zip(self.names, self.epsilons()))
+
+
+def _seed_keys(seed: int) -> tuple[jax.Array, jax.Array]:
+  """The initialization and SpecAugment keys: not DP randomness, so reproducible from config.seed."""
+  init_key, _, aug_root = jax.random.split(jax.random.fold_in(jax.random.key(seed), 3), 3)
+  return init_key, aug_root
+
+
+def _init_state(config, model, sensitive, noise_keys, q, init_key):
+  """The stacked TrainState, one model (and noise key) per target."""
   dcfg = config.dpsgd
-  os.makedirs(workdir, exist_ok=True)
-  n = len(sensitive)
-  q = min(1.0, dcfg.expected_batch_size / n)
-  sigmas = [accounting.calibrate_noise_multiplier(t, delta, q, dcfg.num_steps) for t in targets]
-  num = len(targets)
-  # Initialization and SpecAugment are not DP randomness: they stay reproducible from config.seed.
-  init_key, _, aug_root = jax.random.split(jax.random.fold_in(jax.random.key(config.seed), 3), 3)
-  params = ensemble.init_stacked(model, init_key, num, sensitive.features[0].shape[1])
-  noise_keys, sampler_seed = dp_streams(rand, name, num)
+  params = ensemble.init_stacked(model, init_key, len(noise_keys), sensitive.features[0].shape[1])
   # The optimizer's structure does not depend on sigma; sigma is an argument of the step.
-  state = jax.jit(jax.vmap(lambda p, k: TrainState(jnp.zeros((), jnp.int32), p,
-                                                   _optimizer(dcfg, 1.0, q * n, k).init(p))))(params, noise_keys)
-  ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), save_every=dcfg.checkpoint_every)
-  state = ckpt.restore_or(state)  # On resume the noise keys are the checkpointed (still secret) ones.
-  start = int(np.asarray(jax.device_get(state.step))[0])
+  init = lambda p, k: TrainState(jnp.zeros((), jnp.int32), p, _optimizer(dcfg, 1.0, q * len(sensitive), k).init(p))
+  return jax.jit(jax.vmap(init))(params, noise_keys)
+
+
+def _jitted_steps(config, model, expected_batch_size):
+  """`accumulate(grads, params, batch, key)` (sum of clipped per-example gradients, per model)
+  and `apply_step(state, grads, sigmas)` (noise + Adam, per model), both jitted and vmapped."""
+  dcfg = config.dpsgd
   spec = evaluate_lib.spec_augment_config(config.train)
 
-  def per_example(params, batch, key):
-    return evaluate_lib.per_example_nll(model, params, batch, key, train=True, spec_augment=spec)
-
   def clipped_sum(params, batch, key):
-    fn = ghost.ghost_clipped_grad(lambda p, b: per_example(p, b, key), l2_clip_norm=dcfg.l2_clip_norm)
+    per_example = lambda p, b: evaluate_lib.per_example_nll(model, p, b, key, train=True, spec_augment=spec)
+    fn = ghost.ghost_clipped_grad(per_example, l2_clip_norm=dcfg.l2_clip_norm)
     return fn(params, batch, example_weights=batch["weights"])
 
   accumulate = jax.jit(jax.vmap(lambda acc, p, b, k: jax.tree.map(jnp.add, acc, clipped_sum(p, b, k)),
                                 in_axes=(0, 0, None, None)), donate_argnums=(0,))
 
-  def apply(state, grads, sigma, key):
-    del key
-    opt = _optimizer(dcfg, sigma, q * n, jax.random.key(0))  # The noise key lives in opt_state.
+  def apply(state, grads, sigma):
+    opt = _optimizer(dcfg, sigma, expected_batch_size, jax.random.key(0))  # The noise key lives in opt_state.
     updates, opt_state = opt.update(grads, state.opt_state, state.params)
     return TrainState(state.step + 1, optax.apply_updates(state.params, updates), opt_state)
 
-  apply_step = jax.jit(jax.vmap(apply, in_axes=(0, 0, 0, None)), donate_argnums=(0,))
+  return accumulate, jax.jit(jax.vmap(apply), donate_argnums=(0,))
+
+
+def train_dpsgd(config: ml_collections.ConfigDict, workdir: str, model, sensitive: pipeline.SpeechSplit,
+                targets: Sequence[float], *, delta: float, rand: DpRandomness, name: str,
+                progress: bool = True) -> DpsgdResult:
+  """Trains one DP-SGD model per target epsilon (resuming from `workdir/checkpoints`).
+
+  Args:
+    config: the sweep config (`config.dpsgd`, `config.train` for SpecAugment and buckets).
+    workdir: checkpoints, metrics.jsonl and TensorBoard events of this run.
+    model: the transducer (flax module).
+    sensitive: the utterances to protect.
+    targets: one target epsilon per model (at `delta`).
+    delta: the target delta.
+    rand: where the DP noise and the Poisson samples come from.
+    name: the scenario, which keeps the DP streams of different runs apart.
+    progress: show a progress bar.
+
+  Returns:
+    DpsgdResult; `preempted` is True when a signal stopped it (rerun to resume).
+  """
+  dcfg = config.dpsgd
+  os.makedirs(workdir, exist_ok=True)
+  n = len(sensitive)
+  q = min(1.0, dcfg.expected_batch_size / n)
+  sigmas = [accounting.calibrate_noise_multiplier(t, delta, q, dcfg.num_steps) for t in targets]
+  noise_keys, sampler_seed = dp_streams(rand, name, len(targets))
+  init_key, aug_root = _seed_keys(config.seed)
+  # On resume the loop replaces this state, noise keys included, with the checkpoint's (still secret) one.
+  state = _init_state(config, model, sensitive, noise_keys, q, init_key)
+  accumulate, apply_step = _jitted_steps(config, model, q * n)
   # The sample of step t is a function of (seed, t). A resumed run with secret randomness
   # draws a new seed, so its remaining steps use a different stream: as private, since each
   # step's Poisson sample is independent of everything released before.
   sampler = sampling.PoissonSampler(n, q, seed=sampler_seed)
   buckets = pipeline.frame_buckets(sensitive.feature_lengths, config.train.num_buckets)
   widths = pipeline.bucket_label_widths(sensitive, buckets)
-  ledgers = []
-  for target, sigma in zip(targets, sigmas):
-    ledger = accounting.PrivacyLedger(target, delta)
-    if start:
-      ledger.record(accounting.poisson_gaussian_event(sigma, q, 1), count=start)
-    ledgers.append(ledger)
-  events = [accounting.poisson_gaussian_event(s, q, 1) for s in sigmas]
+  ledgers = _Ledgers(targets, sigmas, delta, q)
   sigma_arr = jnp.asarray(sigmas, jnp.float32)
-  log_path = os.path.join(workdir, "progress.json")
-  elapsed = json.load(open(log_path))["train_seconds"] if start and os.path.exists(log_path) else 0.0
-  preempted = False
-  with ckpt_lib.PreemptionGuard() as guard, tqdm.tqdm(total=dcfg.num_steps, initial=start, desc="dp-sgd",
-                                                       unit="step", disable=not progress, leave=False) as bar:
-    t0 = time.perf_counter()
-    for step in range(start, dcfg.num_steps):
-      for ledger, event in zip(ledgers, events):
-        ledger.check(event)  # Raises PrivacyBudgetExceeded before overspending.
-      indices = sampler.indices(step)
-      grads = jax.tree.map(jnp.zeros_like, state.params)
-      step_key = jax.random.fold_in(aug_root, step)
-      for b, (idx, _) in enumerate(sampling.physical_batches(indices, dcfg.physical_batch_size)):
-        real = idx[idx >= 0]
-        batch = pipeline.make_batch(sensitive, real, dcfg.physical_batch_size, buckets, widths)
-        batch = {k: v for k, v in batch.items() if k != "index"}
-        grads = accumulate(grads, state.params, batch, jax.random.fold_in(step_key, b))
-      state = apply_step(state, grads, sigma_arr, step_key)
-      for ledger, event in zip(ledgers, events):
-        ledger.record(event)
-      bar.update(1)
-      done = step + 1
-      stop = guard.stop_requested  # Read once: a signal may land while saving.
-      ckpt.maybe_save(state, force=stop or done == dcfg.num_steps)
-      if done % dcfg.checkpoint_every == 0 or done == dcfg.num_steps or stop:
-        jax.block_until_ready(state)
-        total = elapsed + time.perf_counter() - t0
-        with open(log_path, "w", encoding="utf-8") as f:
-          json.dump({"step": done, "train_seconds": total}, f)
-      if stop:
-        preempted = True
-        break
-  ckpt.close()
-  jax.block_until_ready(state)
-  elapsed += time.perf_counter() - t0
-  return DpsgdResult(state.params, sigmas, [l.epsilon() for l in ledgers], q,
-                     int(np.asarray(jax.device_get(state.step))[0]), elapsed, preempted)
+
+  def step_fn(state, step):
+    ledgers.catch_up(step)  # A resumed run starts at the checkpoint's step.
+    ledgers.check_step()
+    grads = jax.tree.map(jnp.zeros_like, state.params)
+    step_key = jax.random.fold_in(aug_root, step)
+    for b, (idx, _) in enumerate(sampling.physical_batches(sampler.indices(step), dcfg.physical_batch_size)):
+      batch = pipeline.make_batch(sensitive, idx[idx >= 0], dcfg.physical_batch_size, buckets, widths)
+      batch = {k: v for k, v in batch.items() if k != "index"}
+      grads = accumulate(grads, state.params, batch, jax.random.fold_in(step_key, b))
+    state = apply_step(state, grads, sigma_arr)
+    ledgers.record_step()
+    return state, ledgers.row()  # Accounted epsilons only: the loss is not private.
+
+  writer = metrics_lib.create_writer(workdir)
+  ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), save_every=dcfg.checkpoint_every)
+  if ckpt.latest_step() is None:  # Data-independent facts only.
+    writer.write_hparams({"unit": UNIT, "accountant": "rdp", "delta": delta, "sampling_probability": q,
+                          "num_steps": dcfg.num_steps, "randomness": rand.describe(),
+                          **{f"noise_multiplier/{k.split('/')[-1]}": s for k, s in zip(ledgers.names, sigmas)}})
+  try:
+    out = train_loop(state, step_fn, num_steps=dcfg.num_steps, checkpointer=ckpt, writer=writer, desc="dp-sgd",
+                     progress=progress, postfix=lambda row: {"eps": " ".join(f"{v:.2g}" for v in row.values())})
+  finally:
+    ckpt.close()
+    writer.close()
+  ledgers.catch_up(out.step)  # The checkpoint was already complete: no step ran in this process.
+  return DpsgdResult(out.state.params, sigmas, ledgers.epsilons(), q,
+                     int(np.asarray(jax.device_get(out.state.step))[0]), out.train_seconds, out.preempted)

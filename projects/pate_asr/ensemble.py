@@ -15,14 +15,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import time
 from typing import Sequence
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import tqdm
 
 from libs.data import pipeline
 from libs.models import asr as asr_lib
@@ -30,6 +28,7 @@ from libs.speech import evaluate as evaluate_lib
 from libs.speech import wer as wer_lib
 from libs.speech.tokenizer import CharTokenizer
 from libs.train import checkpoint as ckpt_lib
+from libs.train import loop as loop_lib
 from libs.train import mesh as mesh_lib
 from libs.train import metrics as metrics_lib
 from libs.train import optimizers
@@ -89,7 +88,8 @@ def train_ensemble(tcfg: ml_collections.ConfigDict, workdir: str, model,
   Args:
     tcfg: training section (batch_size, num_steps, learning rate schedule, SpecAugment,
       num_buckets, log_every, checkpoint_every).
-    workdir: this ensemble's directory (checkpoints/, metrics.jsonl).
+    workdir: this ensemble's directory (checkpoints/ with the training seconds so far,
+      metrics.jsonl).
     model: the flax module every member instantiates.
     member_splits: the data of each member (none may be empty).
     seed: seeds initialization, batch order and dropout/SpecAugment streams.
@@ -112,8 +112,6 @@ def train_ensemble(tcfg: ml_collections.ConfigDict, workdir: str, model,
   state = jax.jit(jax.vmap(lambda p: TrainState.create(p, optimizer)))(params)
   state = jax.device_put(state, sharding)
   ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), save_every=tcfg.checkpoint_every)
-  state = ckpt.restore_or(state)
-  start = int(np.asarray(jax.device_get(state.step))[0])
   splits = [_at_least(s, tcfg.batch_size) for s in member_splits]
   lengths = np.concatenate([s.feature_lengths for s in splits])
   buckets = pipeline.frame_buckets(lengths, tcfg.num_buckets)
@@ -123,35 +121,22 @@ def train_ensemble(tcfg: ml_collections.ConfigDict, workdir: str, model,
   step = jax.jit(jax.vmap(steps_lib.make_train_step(loss_fn, optimizer)),
                  in_shardings=(sharding, sharding, sharding), out_shardings=(sharding, sharding),
                  donate_argnums=(0,))
-  writer = metrics_lib.create_writer(workdir)
-  previous = [r["train/elapsed_seconds"] for r in metrics_lib.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
-              if "train/elapsed_seconds" in r and r["step"] <= start]
-  elapsed = max(previous or [0.0])
-  preempted = False
-  with ckpt_lib.PreemptionGuard() as guard, tqdm.tqdm(total=tcfg.num_steps, initial=start, desc=desc,
-                                                       unit="step", disable=not progress, leave=False) as bar:
-    t_last = time.perf_counter()
-    for i in range(start, tcfg.num_steps):
-      batch = stack_batches([b.batch(i) for b in batchers])
-      state, m = step(state, jax.device_put(batch, sharding), member_keys)
-      bar.update(1)
-      done = i + 1
-      if done % tcfg.log_every == 0 or done == tcfg.num_steps:
-        loss = np.asarray(jax.device_get(m["loss"]))
-        now = time.perf_counter()
-        elapsed += now - t_last
-        t_last = now
-        writer.write_scalars(done, {"train/loss_mean": float(loss.mean()), "train/loss_max": float(loss.max()),
-                                    "train/elapsed_seconds": elapsed})
-        bar.set_postfix(loss=f"{loss.mean():.2f}")
-      stop = guard.stop_requested  # Read once: a signal may land while saving.
-      ckpt.maybe_save(state, force=stop or done == tcfg.num_steps)
-      if stop:
-        preempted = True
-        break
+
+  def train_step(state, i):
+    batch = stack_batches([b.batch(i) for b in batchers])
+    state, m = step(state, jax.device_put(batch, sharding), member_keys)
+    done = i + 1
+    if done % tcfg.log_every and done != tcfg.num_steps:
+      return state, None
+    loss = np.asarray(jax.device_get(m["loss"]))
+    return state, {"train/loss_mean": float(loss.mean()), "train/loss_max": float(loss.max())}
+
+  out = loop_lib.train_loop(state, train_step, num_steps=tcfg.num_steps, checkpointer=ckpt,
+                            writer=metrics_lib.create_writer(workdir), desc=desc, progress=progress,
+                            postfix=lambda row: {"loss": f"{row['train/loss_mean']:.2f}"},
+                            seconds_key="train/elapsed_seconds")
   ckpt.close()
-  writer.flush()
-  return EnsembleResult(state.params, int(np.asarray(jax.device_get(state.step))[0]), elapsed, preempted)
+  return EnsembleResult(out.state.params, out.step, out.train_seconds, out.preempted)
 
 
 def make_ensemble_decode(model):

@@ -62,7 +62,7 @@ def _final_params(workdir):
   manager = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"))
   step = manager.latest_step()
   restored = manager.restore(step, args=ocp.args.StandardRestore())
-  return step, restored["params"]
+  return step, restored["state"]["params"]  # train_loop saves {"state", "train_seconds"}.
 
 
 def test_sigterm_then_resume_matches_uninterrupted(uninterrupted, tiny_corpus_dir, jax_cache, tmp_path):

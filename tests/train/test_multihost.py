@@ -81,7 +81,7 @@ def _final_params(workdir):
     tree = checkpointer.metadata(path).item_metadata.tree
     restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
     restored = checkpointer.restore(path, args=ocp.args.PyTreeRestore(restore_args=restore_args))
-  return step, restored["params"]
+  return step, restored["state"]["params"]  # train_loop saves {"state", "train_seconds"}.
 
 
 def test_two_processes_match_one_process_with_as_many_devices(tiny_corpus_dir, tmp_path):
