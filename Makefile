@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 WORKDIR ?= workdirs/nonprivate
 CONFIG ?= projects/pate_asr/configs/nonprivate.py
 
-.PHONY: install run test bench clean
+.PHONY: install run test test-fast bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q -n 2 --dist loadfile --durations=10
+
+# Everything but the end-to-end runs (marked `slow`): a quick check while editing.
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -n 2 --dist loadfile -m "not slow"
 
 bench: $(STAMP)
 	set -e; for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b; done

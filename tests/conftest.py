@@ -5,7 +5,7 @@ import os
 
 # Tests compile many small programs and run each a few times: XLA's CPU backend without its
 # LLVM optimisation passes compiles about twice as fast, which is most of `make test`'s time.
-# The entrypoint tests (tests/projects/*_main.py, test_pate_sweep.py) set the same flag for
+# The entrypoint tests (tests/projects/*/test_main.py, pate_asr/test_sweep.py) set the same flag for
 # their subprocesses, which run on the one real CPU device.
 # Flags a user already set (e.g. XLA_FLAGS=--xla_backend_optimization_level=0 make test) are kept;
 # the 8 fake devices are added whatever they are, since the multi-device tests need them.
@@ -45,9 +45,11 @@ def tiny_builder(tiny_corpus_dir):
 # The slowest files (end-to-end runs, big compiles) go first: `make test` hands files to its
 # xdist workers in collection order, and a long file started last becomes the run's tail.
 _SLOW_FIRST = (
-    "tests/projects/test_pate_sweep.py",
-    "tests/projects/test_pate_asr_main.py",
-    "tests/projects/test_fedlearn_main.py",
+    "tests/projects/pate_asr/test_sweep.py",
+    "tests/projects/pate_asr/test_main.py",
+    "tests/train/test_multihost.py",
+    "tests/projects/pate_asr/test_dpsgd.py",
+    "tests/projects/fedlearn/test_main.py",
     "tests/dp/test_clipping_and_noise.py",
     "tests/train/test_data_parallel.py",
 )

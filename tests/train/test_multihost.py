@@ -3,6 +3,7 @@ entrypoint with `--multihost` (jax.distributed + gloo collectives over localhost
 transducer to the same parameters as one process with four devices on the same global
 batches; only process 0 writes the workdir's files."""
 
+import pytest
 import json
 import os
 import socket
@@ -13,6 +14,8 @@ import time
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+
+pytestmark = pytest.mark.slow  # end-to-end: `make test-fast` skips it
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = os.path.join(REPO, "projects", "pate_asr", "configs", "tiny.py")

@@ -17,6 +17,8 @@ from projects.pate_asr import data as data_lib
 from projects.pate_asr import dpsgd_train
 from projects.pate_asr.configs import pate_tiny
 
+pytestmark = pytest.mark.slow  # end-to-end: `make test-fast` skips it
+
 TARGETS = [2.0, 10.0]
 DELTA = 1e-5
 

@@ -6,7 +6,7 @@ XLA's CPU backend at optimisation level 0 (what some machines effectively run: t
 sub-run turned NaN there when the intent model's max pooling divided by zero in its gradient).
 Resuming to the same result needs reproducible DP noise, so these runs ask for it
 (`dp.insecure_reproducible_noise`) and check that results say so; the secret default is
-tested in test_fedlearn_core.py.
+tested in tests/projects/fedlearn/test_core.py.
 """
 
 import atexit
@@ -19,7 +19,9 @@ import tempfile
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+pytestmark = pytest.mark.slow  # end-to-end: `make test-fast` skips it
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 TINY = os.path.join(REPO, "projects", "fedlearn", "configs", "tiny.py")
 FED_RUNS = ("fedavg_activity", "dp_fedavg")
 ALL_RUNS = ("centralized",) + FED_RUNS

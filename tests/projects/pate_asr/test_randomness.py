@@ -14,7 +14,7 @@ from libs.dp.randomness import DpRandomness
 from projects.pate_asr import dpsgd_train, sweep, validation
 from projects.pate_asr.configs import pate_tiny
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 CONFIGS = sorted(c for c in glob.glob(os.path.join(REPO, "projects", "pate_asr", "configs", "*.py"))
                  if not c.endswith("__init__.py"))
 

@@ -1,5 +1,6 @@
 """Smoke test of the PATE sweep on the tiny corpus: every stage, output and ledger."""
 
+import pytest
 import json
 import math
 import os
@@ -8,7 +9,9 @@ import sys
 
 import numpy as np
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+pytestmark = pytest.mark.slow  # end-to-end: `make test-fast` skips it
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 CONFIG = os.path.join(REPO, "projects", "pate_asr", "configs", "pate_tiny.py")
 REQUIRED = {"method", "scenario", "target_epsilon", "epsilon", "delta", "wer", "unit", "accountant",
             "queries_answered", "queries_total"}

@@ -557,6 +557,7 @@ def test_dp_randomness_is_secret_unless_explicitly_insecure():
   assert simulation.round_randomness(plain)[2] == plain.seed and simulation.round_randomness(plain)[3] is None
 
 
+@pytest.mark.slow
 def test_scaffold_resume_restores_control_variates_through_orbax(tmp_path):
   """A SCAFFOLD run interrupted after round 2 resumes (server state and the host store of client
   control variates, both from the orbax checkpoint) to exactly the uninterrupted result."""
