@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 WORKDIR ?= workdirs/nonprivate
-CONFIG ?= projects/pate_asr/configs/nonprivate.py
+CONFIG ?= projects/pate_asr/configs/nonprivate.py:default
 
 .PHONY: install run test test-fast bench clean
 

@@ -1,7 +1,7 @@
 """The PATE teachers' training step: one jitted, vmapped step over K stacked teachers
 against K sequential single-teacher steps, same model, same per-teacher batches.
 
-  python benchmarks/teacher_ensemble.py [--teachers K (default: the quick config's, 8)] [--batch B (default: 16)] [--runs 5]
+  python benchmarks/teacher_ensemble.py [--teachers K (default: sweep.py:quick's, 16)] [--batch B (default: 16)] [--runs 5]
 
 Last line: ensemble_speedup = sequential time / vmapped time.
 """
@@ -23,7 +23,7 @@ from libs.train import optimizers
 from libs.train import steps as steps_lib
 from libs.train.state import TrainState
 from projects.pate_asr import ensemble
-from projects.pate_asr.configs import quick
+from projects.pate_asr.configs import sweep as sweep_configs
 
 
 def _batches(num, batch, frames=176, labels=40, seed=0):
@@ -59,7 +59,7 @@ def main():
   parser.add_argument("--batch", type=int, default=0, help="0: the quick config's teacher batch size")
   parser.add_argument("--runs", type=int, default=5)
   args = parser.parse_args()
-  config = quick.get_config()
+  config = sweep_configs.get_config("quick")
   model = asr_lib.build_model(config.model, CharTokenizer().vocab_size)
   optimizer = optimizers.make_optimizer(config.teachers)
   step = steps_lib.make_train_step(evaluate_lib.make_loss_fn(model, evaluate_lib.spec_augment_config(config.teachers)), optimizer)

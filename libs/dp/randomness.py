@@ -25,6 +25,7 @@ import hashlib
 import secrets
 
 import jax
+import numpy as np
 
 SECRET = "os-secret"
 INSECURE = "reproducible-insecure"
@@ -64,8 +65,13 @@ class DpRandomness:
     return _derive(base, purpose)
 
   def key(self, purpose: str) -> jax.Array:
-    """A `jax.random.key` for one purpose."""
-    return jax.random.key(self.seed(purpose))
+    """A `jax.random.key` for one purpose, with all 64 bits of the default (threefry) key secret.
+
+    Not `jax.random.key(seed)`: without x64 it keeps only the low 32 bits of the seed, which
+    would leave 2^32 possible noise streams (searchable).
+    """
+    digest = hashlib.sha256(f"{self.seed(purpose)}:key".encode()).digest()
+    return jax.random.wrap_key_data(np.frombuffer(digest[:8], np.uint32).copy(), impl="threefry2x32")
 
   def describe(self) -> str:
     """What results record: "os-secret" or "reproducible-insecure"."""

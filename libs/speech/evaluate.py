@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from libs.data import pipeline
+from libs.metrics.groups import GroupMetrics
 from libs.models import ctc as ctc_lib
 from libs.models import transducer as transducer_lib
 from libs.speech import features as features_lib
@@ -113,10 +114,21 @@ class EvalResult:
   hypotheses: list[str]
   errors: list[wer_lib.EditCounts]
 
+  def group_metrics(self, groups: np.ndarray, speakers: np.ndarray | None = None) -> GroupMetrics:
+    """Corpus-level WER per group (edits / reference words), with speakers as bootstrap clusters.
+
+    Example:
+      >>> gm = result.group_metrics(split.metadata["accent"], split.metadata["speaker_id"])
+      >>> gm.by_group, gm.gap().relative, bootstrap(gm, rng=np.random.default_rng(0)).gap_relative
+    """
+    return GroupMetrics([e.errors for e in self.errors], [e.reference_words for e in self.errors],
+                        groups=[str(g) for g in np.asarray(groups).tolist()], clusters=speakers,
+                        higher_is_better=False, name="wer", cluster_unit=None if speakers is None else "speaker")
+
   def group_wer(self, groups: np.ndarray) -> dict[str, float]:
-    """Pooled WER of each group (e.g. accent) of utterances."""
-    return {str(g): wer_lib.pooled_wer([e for e, gi in zip(self.errors, groups) if gi == g])
-            for g in sorted(set(groups.tolist()))}
+    """Pooled WER of each group (e.g. accent) of utterances, keys sorted."""
+    by_group = self.group_metrics(groups).by_group
+    return {g: by_group[g] for g in sorted(by_group)}
 
 
 def transcribe(decode_fn, params, split: pipeline.SpeechSplit, tokenizer: CharTokenizer, *,

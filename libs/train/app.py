@@ -8,7 +8,8 @@ callable or as a lazily imported "module:function" string) and hands them to `ru
   if __name__ == "__main__":
     app.run_main(RUNNERS)
 
-Flags: `--config=FILE` (with `--config.key=value` overrides), `--workdir=DIR` and, for a run
+Flags: `--config=FILE[:VARIANT]` (ml_collections' config_flags calls the file's `get_config(VARIANT)`,
+or `get_config()` without a colon; `--config.key=value` overrides), `--workdir=DIR` and, for a run
 over several hosts, `--multihost` with `--coordinator_address=HOST:PORT`, `--num_processes=N`
 and `--process_id=I` (or the variables JAX reads, e.g. JAX_COORDINATOR_ADDRESS, or a cluster
 JAX detects on its own: Slurm, Open MPI, Cloud TPU). One command per host, e.g. on two hosts:
@@ -98,7 +99,7 @@ def run_config(runners: Mapping[str, Runner], config, workdir: str) -> int:
   """Runs `config` with its runner and returns the exit code (see `EXIT_CODES`).
 
   Example:
-    >>> sys.exit(run_config({"nonprivate": nonprivate.run}, tiny.get_config(), "/tmp/w"))
+    >>> sys.exit(run_config({"nonprivate": nonprivate.run}, nonprivate_configs.get_config("tiny"), "/tmp/w"))
   """
   runner = resolve_runner(runners, config.mode)
   # Imported here, not at the top: libs.accounting pulls in JAX, which must not start

@@ -39,6 +39,8 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 
+from libs.train import rng as rng_lib
+
 PAD, UNK, BOS, EOS = 0, 1, 2, 3
 RESERVED = ("<pad>", "<unk>", "<bos>", "<eos>")
 
@@ -373,14 +375,15 @@ def _generate(num_devices: int, seed: int, stream: int, num_periods: int, mean_e
   first_template = np.concatenate([[0], np.cumsum(templates_per_intent)[:-1]])
 
   # The world: shared by training and held-out devices of the same seed.
-  world = np.random.default_rng([seed, 0])
+  streams = rng_lib.Streams(seed)
+  world = streams.numpy("fedlearn/world")
   prior = world.dirichlet(np.full(num_intents, 4.0))
   popularity = {}
   for name, (tok, _) in slots.items():
     w = 1.0 / np.arange(1, len(tok) + 1) ** 1.1  # Zipfian popularity of slot values
     popularity[name] = w[world.permutation(len(tok))] / w.sum()
 
-  rng = np.random.default_rng([seed, 1, stream])
+  rng = streams.numpy("fedlearn/devices", stream)
   d_num = int(num_devices)
   counts = _example_counts(rng, d_num, zipf_a, mean_examples, max_examples_per_device)
   mix = rng.dirichlet(_INTENT_CONCENTRATION * prior, size=(2, d_num)).astype(np.float32)

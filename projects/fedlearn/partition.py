@@ -27,9 +27,15 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse
 
+from libs.train import rng as rng_lib
 from projects.fedlearn.data import FederatedData
 
 SCHEMES = ("natural", "iid", "dirichlet", "quantity", "cluster")
+
+
+def _sklearn_seed(streams: rng_lib.Streams, purpose: str) -> int:
+  """scikit-learn's `random_state` wants an int below 2**32."""
+  return streams.seed(purpose) >> 32
 
 
 def _group(data: FederatedData, client: np.ndarray, num_clients: int) -> FederatedData:
@@ -77,11 +83,12 @@ def embed(data: FederatedData, *, dim: int = 32, seed: int = 0, fit_size: int = 
   row, col = np.nonzero(data.tokens > 3)  # words only, no padding or markers
   bags = scipy.sparse.csr_matrix((np.ones(len(row), np.float32), (row, data.tokens[row, col])),
                                  shape=(n, len(data.vocab)))  # duplicates are summed: counts
-  rng = np.random.default_rng([seed, 5])
+  streams = rng_lib.Streams(seed)
+  rng = streams.numpy("fedlearn/embed_fit_sample")
   fit = bags if n <= fit_size else bags[np.sort(rng.choice(n, fit_size, replace=False))]
   tfidf = TfidfTransformer(sublinear_tf=True).fit(fit)
   dim = max(1, min(dim, len(data.vocab) - 1, fit.shape[0] - 1))
-  svd = TruncatedSVD(dim, random_state=seed).fit(tfidf.transform(fit))
+  svd = TruncatedSVD(dim, random_state=_sklearn_seed(streams, "fedlearn/embed_svd")).fit(tfidf.transform(fit))
   return svd.transform(tfidf.transform(bags)).astype(np.float32)
 
 
@@ -93,9 +100,10 @@ def clusters(data: FederatedData, num_clusters: int, *, seed: int = 0, fit_size:
   # made the SVD ~50x slower on a busy 2-core machine.
   with threadpool_limits(1):
     x = embed(data, seed=seed, fit_size=fit_size)
-    rng = np.random.default_rng([seed, 6])
+    streams = rng_lib.Streams(seed)
+    rng = streams.numpy("fedlearn/cluster_fit_sample")
     fit = x if len(x) <= fit_size else x[rng.choice(len(x), fit_size, replace=False)]
-    km = KMeans(num_clusters, n_init=3, random_state=seed).fit(fit)
+    km = KMeans(num_clusters, n_init=3, random_state=_sklearn_seed(streams, "fedlearn/kmeans")).fit(fit)
     return km.predict(x).astype(np.int64)
 
 
@@ -131,7 +139,7 @@ def partition(data: FederatedData, scheme: str, *, num_clients: int | None = Non
     raise ValueError(f"alpha must be > 0, got {alpha}")
   if beta <= 0:
     raise ValueError(f"beta must be > 0, got {beta}")
-  rng = np.random.default_rng([seed, 3])
+  rng = rng_lib.Streams(seed).numpy("fedlearn/partition")
   if scheme == "iid":
     client = np.empty(total, np.int64)
     client[rng.permutation(total)] = np.arange(total) * c // total  # sizes differ by at most one

@@ -6,7 +6,7 @@ from `rounds`, DP accounting from `privacy`), skipping finished ones; it writes 
 metrics, figures and the table (`report`).
 
 Example:
-  >>> results = run(tiny.get_config(), "/tmp/fl_tiny")
+  >>> results = run(dp_configs.get_config("tiny"), "/tmp/fl_tiny")
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from jax.sharding import Mesh
 
 from libs.config.checks import require
 from libs.train import io as io_lib
+from libs.train.rng import Streams
 from libs.train.metrics import check_finite
 from projects.fedlearn.report import format_table, plot_metric
 from projects.fedlearn.rounds import (ControlVariateStore, build_round, make_eval_fn, pad_clients, replicate_tree,
@@ -100,7 +101,9 @@ def _device_privacy(cfg, num_devices: int):
 def round_randomness(cfg):
   """(init key, round key, selection seed, DpRandomness or None) of one sub-run.
 
-  Without DP everything derives from cfg.seed. With DP the round key (client order and the
+  Without DP everything derives from cfg.seed (`libs.train.rng.Streams`: "fedlearn/init",
+  "fedlearn/rounds", "fedlearn/selection"; round r selects with default_rng((selection seed, r))
+  and trains with fold_in(round key, r)). With DP the init key still does, while the round key (client order and the
   server's Gaussian noise) and the selection seed come from `DpRandomness`: the operating
   system's secret randomness unless cfg.dp.insecure_reproducible_noise, because cfg.seed is
   published in results.json. A resumed DP run draws fresh secret randomness.
@@ -108,9 +111,10 @@ def round_randomness(cfg):
   Example:
     >>> init_key, round_key, selection_seed, dp_rand = round_randomness(cfg)
   """
-  init_key, train_key = jax.random.split(jax.random.key(cfg.seed))
+  streams = Streams(cfg.seed)
+  init_key = streams.key("fedlearn/init")
   if not cfg.dp.enabled:
-    return init_key, train_key, cfg.seed, None
+    return init_key, streams.key("fedlearn/rounds"), streams.seed("fedlearn/selection"), None
   from libs.dp.randomness import DpRandomness  # pylint: disable=import-outside-toplevel
   dp_rand = DpRandomness.from_config(cfg.seed, cfg.dp.insecure_reproducible_noise)
   return init_key, dp_rand.key("fedlearn_rounds"), dp_rand.seed("fedlearn_selection"), dp_rand
@@ -199,7 +203,7 @@ def run_federated(name: str, cfg, workdir: str, world: _World, writer, mesh: Mes
         accountant.record_round(r - accountant.rounds)  # Rounds spent before a resume.
       accountant.check_next_round()  # PrivacyBudgetExceeded before overspending.
     held, counts, _ = period_data(r // rounds_per_period)
-    rng = np.random.default_rng((selection_seed, 7, r))
+    rng = np.random.default_rng((selection_seed, r))
     sel = selection.select(s.scheme, counts, fl.clients_per_round, rng, cap_ratio=s.cap_ratio,
                            weighting=s.weighting, rate=rate)
     sel, survived = selection.apply_dropout(sel, s.dropout, rng, weighting=s.weighting, mode=s.dropout_mode)
@@ -276,7 +280,8 @@ def run_centralized(name: str, cfg, workdir: str, world: _World, writer) -> dict
   task = _make_task(cfg, train)
   c = cfg.centralized
   opt = optax.sgd(c.learning_rate, momentum=0.9)
-  params = task.init(jax.random.split(jax.random.key(cfg.seed))[0])
+  streams = Streams(cfg.seed)
+  params = task.init(streams.key("fedlearn/init"))  # The federated runs' initialization.
 
   @jax.jit
   def step(state, tokens, intents):
@@ -290,7 +295,7 @@ def run_centralized(name: str, cfg, workdir: str, world: _World, writer) -> dict
   num = len(tokens) // c.batch_size
 
   def epoch(state, e: int):
-    order = np.random.default_rng((cfg.seed, 11, e)).permutation(len(tokens))
+    order = streams.numpy("fedlearn/centralized_order", e).permutation(len(tokens))
     for b in range(num):
       idx = order[b * c.batch_size:(b + 1) * c.batch_size]
       state = step(state, tokens[idx], intents[idx])
@@ -320,7 +325,7 @@ def run(config, workdir: str) -> dict | None:
     The results dict, or None when stopped by a signal (rerun to resume).
 
   Example:
-    >>> results = run(tiny.get_config(), "/tmp/fl_tiny")
+    >>> results = run(dp_configs.get_config("tiny"), "/tmp/fl_tiny")
   """
   from libs.train.mesh import make_mesh  # pylint: disable=import-outside-toplevel
   from libs.train.metrics import create_writer, read_jsonl  # pylint: disable=import-outside-toplevel

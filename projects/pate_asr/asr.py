@@ -30,6 +30,7 @@ from libs.train import loop as loop_lib
 from libs.train import mesh as mesh_lib
 from libs.train import metrics as metrics_lib
 from libs.train import optimizers
+from libs.train import rng as rng_lib
 from libs.train import steps as steps_lib
 from libs.train.state import TrainState
 
@@ -57,15 +58,16 @@ def train(config: ml_collections.ConfigDict, workdir: str, model, train_split: p
   tcfg = config.train
   mesh = mesh_lib.make_mesh(jax.devices()[: config.get("num_devices") or None])
   mesh_lib.check_batch_size(tcfg.batch_size, mesh, "config.train.batch_size")
-  root = jax.random.key(config.seed)
-  init_key, train_key = jax.random.split(root)
+  streams = rng_lib.Streams(config.seed)
+  init_key, train_key = streams.key("init"), streams.key("train")
   optimizer = optimizer or optimizers.make_optimizer(tcfg)
   loss_fn = loss_fn or evaluate_lib.make_loss_fn(model, evaluate_lib.spec_augment_config(tcfg))
   params = asr_lib.init_params(model, init_key, train_split.features[0].shape[1])
   state = jax.jit(lambda p: TrainState.create(p, optimizer))(params)
   state = mesh_lib.replicate(state, mesh)
   ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), save_every=tcfg.checkpoint_every)
-  batcher = pipeline.Batcher(train_split, tcfg.batch_size, seed=config.seed, num_buckets=tcfg.num_buckets)
+  batcher = pipeline.Batcher(train_split, tcfg.batch_size, seed=streams.seed("batch_order"),
+                             num_buckets=tcfg.num_buckets)
   step_fn = steps_lib.jit_data_parallel(steps_lib.make_train_step(loss_fn, optimizer), mesh)
   writer = metrics_lib.create_writer(workdir)
   if not ckpt.latest_step():

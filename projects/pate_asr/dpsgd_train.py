@@ -46,6 +46,7 @@ from libs.dp.randomness import DpRandomness
 from libs.speech import evaluate as evaluate_lib
 from libs.train import checkpoint as ckpt_lib
 from libs.train import metrics as metrics_lib
+from libs.train import rng as rng_lib
 from libs.train.loop import train_loop
 from libs.train.state import TrainState
 from projects.pate_asr import ensemble
@@ -124,8 +125,8 @@ class _Ledgers:
 
 def _seed_keys(seed: int) -> tuple[jax.Array, jax.Array]:
   """The initialization and SpecAugment keys: not DP randomness, so reproducible from config.seed."""
-  init_key, _, aug_root = jax.random.split(jax.random.fold_in(jax.random.key(seed), 3), 3)
-  return init_key, aug_root
+  streams = rng_lib.Streams(seed)
+  return streams.key("dpsgd/init"), streams.key("dpsgd/spec_augment")
 
 
 def _init_state(config, model, sensitive, noise_keys, q, init_key):

@@ -32,6 +32,7 @@ from libs.train import loop as loop_lib
 from libs.train import mesh as mesh_lib
 from libs.train import metrics as metrics_lib
 from libs.train import optimizers
+from libs.train import rng as rng_lib
 from libs.train import steps as steps_lib
 from libs.train.state import TrainState
 
@@ -92,7 +93,8 @@ def train_ensemble(tcfg: ml_collections.ConfigDict, workdir: str, model,
       metrics.jsonl).
     model: the flax module every member instantiates.
     member_splits: the data of each member (none may be empty).
-    seed: seeds initialization, batch order and dropout/SpecAugment streams.
+    seed: the root of this ensemble's `libs.train.rng.Streams`: "init", "train" (dropout and
+      SpecAugment) and "batch_order/<member>".
     desc: progress-bar label.
     shared_init: start every member from the same parameters (PATE teachers: their
       transducer alignments, hence their per-frame votes, then agree more often).
@@ -105,7 +107,8 @@ def train_ensemble(tcfg: ml_collections.ConfigDict, workdir: str, model,
   sharding = _member_sharding(mesh, num)
   optimizer = optimizers.make_optimizer(tcfg)
   loss_fn = evaluate_lib.make_loss_fn(model, evaluate_lib.spec_augment_config(tcfg))
-  init_key, train_key = jax.random.split(jax.random.fold_in(jax.random.key(seed), 1))
+  streams = rng_lib.Streams(seed)
+  init_key, train_key = streams.key("init"), streams.key("train")
   params = init_stacked(model, init_key, 1 if shared_init else num, member_splits[0].features[0].shape[1])
   if shared_init:
     params = jax.tree.map(lambda p: jnp.repeat(p, num, axis=0), params)
@@ -115,7 +118,8 @@ def train_ensemble(tcfg: ml_collections.ConfigDict, workdir: str, model,
   splits = [_at_least(s, tcfg.batch_size) for s in member_splits]
   lengths = np.concatenate([s.feature_lengths for s in splits])
   buckets = pipeline.frame_buckets(lengths, tcfg.num_buckets)
-  batchers = [pipeline.Batcher(s, tcfg.batch_size, seed=seed * 1000 + m, buckets=buckets)
+  batchers = [pipeline.Batcher(s, tcfg.batch_size, seed=streams.seed(f"batch_order/{m}"),
+                                buckets=buckets)
               for m, s in enumerate(splits)]
   member_keys = jax.random.split(train_key, num)
   step = jax.jit(jax.vmap(steps_lib.make_train_step(loss_fn, optimizer)),

@@ -12,7 +12,9 @@ import time
 
 import jax
 import ml_collections
+import numpy as np
 
+from libs.metrics import groups as groups_lib
 from libs.models import asr as asr_lib
 from libs.speech import evaluate as evaluate_lib
 from libs.speech.tokenizer import CharTokenizer
@@ -61,9 +63,20 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict | None:
       "examples": [{"reference": r, "hypothesis": h}
                    for r, h in list(zip(splits.test.transcripts, test.hypotheses))[:10]],
   }
+  meta = splits.test.metadata
   for key in ("accent", "gender"):
-    if key in splits.test.metadata:
-      results[f"test_wer_by_{key}"] = test.group_wer(splits.test.metadata[key])
+    if key in meta:
+      results[f"test_wer_by_{key}"] = test.group_wer(meta[key])
+      if "speaker_id" in meta and len(set(meta[key].tolist())) > 1:
+        # Worst-group gap with 95% intervals from a speaker-level bootstrap (libs.metrics.groups).
+        gm = test.group_metrics(meta[key], meta["speaker_id"])
+        ci = groups_lib.bootstrap(gm, rng=np.random.default_rng(0), num_resamples=1000)
+        gap = gm.gap()
+        results[f"test_wer_gap_by_{key}"] = {
+            "worst_group": str(gap.worst_group), "relative_gap_vs_rest": gap.relative,
+            "relative_gap_ci95": [ci.gap_relative.low, ci.gap_relative.high],
+            "absolute_gap": gap.absolute, "absolute_gap_ci95": [ci.gap_absolute.low, ci.gap_absolute.high],
+            "speaker_share": gap.cluster_share, "bootstrap": "1000 speaker resamples within groups"}
   io_lib.write_results(workdir, results, sort_keys=True)
   print(f"\nnon-private {config.model.name}: dev WER {100 * dev.wer:.2f}%  test WER {100 * test.wer:.2f}%"
         f"  ({result.steps} steps, {results['train_seconds']:.0f} s training)")

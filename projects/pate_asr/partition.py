@@ -29,6 +29,7 @@ from typing import Sequence
 import numpy as np
 
 from libs.data import pipeline
+from libs.train import rng as rng_lib
 
 SCENARIOS = ("matched", "mismatched")
 
@@ -54,7 +55,7 @@ def split_roles(split: pipeline.SpeechSplit, *, scenario: str, public_fraction: 
     raise ValueError(f"config.pate.scenario must be one of {SCENARIOS}, got {scenario!r}")
   speakers = _speakers(split)
   unique = np.unique(speakers)
-  rng = np.random.default_rng((seed, 7))
+  rng = rng_lib.Streams(seed).numpy("pate/speaker_roles")
   if scenario == "matched":
     if not 0.0 < public_fraction < 1.0:
       raise ValueError(f"config.pate.public_fraction must be in (0, 1), got {public_fraction}")
@@ -98,7 +99,7 @@ def speaker_partition(split: pipeline.SpeechSplit, num_parts: int, *, seed: int)
   if num_parts < 1 or num_parts > len(unique):
     raise ValueError(f"config.pate.num_teachers must be in [1, {len(unique)}] (one speaker per teacher at "
                      f"least), got {num_parts}")
-  rng = np.random.default_rng((seed, 11))
+  rng = rng_lib.Streams(seed).numpy("pate/teacher_partition")
   order = np.lexsort((rng.random(len(unique)), -counts))
   load = np.zeros(num_parts, np.int64)
   owner = {}

@@ -24,7 +24,7 @@ publishes. Every record with a DP epsilon says which (`"randomness"`), and a wor
 the kind it was started with (`dp_randomness.json`), since its outputs are reused on a rerun.
 
 Example:
-  >>> results = run(quick.get_config(), "workdirs/pate_quick")
+  >>> results = run(sweep_configs.get_config("quick"), "workdirs/pate_quick")
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ from libs.models import asr as asr_lib
 from libs.speech import wer as wer_lib
 from libs.speech.tokenizer import CharTokenizer
 from libs.train import io as io_lib
+from libs.train import rng as rng_lib
 from projects.pate_asr import aggregation
 from projects.pate_asr import data as data_lib
 from projects.pate_asr import dpsgd_train
@@ -164,22 +165,23 @@ def run_scenario(config, workdir: str, splits: data_lib.Splits, tokenizer: CharT
                  rand: DpRandomness) -> list[dict]:
   pcfg = config.pate
   progress = config.get("progress", True)
+  streams = rng_lib.Streams(config.seed)  # Non-DP streams only: DP ones come from `rand`.
   os.makedirs(workdir, exist_ok=True)
   roles = partition.split_roles(splits.train, scenario=scenario, public_fraction=pcfg.public_fraction,
                                 seed=config.seed, public_accents=tuple(pcfg.public_accents))
   parts = partition.speaker_partition(roles.sensitive, pcfg.num_teachers, seed=config.seed)
   if pcfg.max_public_utterances and len(roles.public) > pcfg.max_public_utterances:
-    keep = np.random.default_rng((config.seed, 17)).choice(len(roles.public), pcfg.max_public_utterances,
-                                                           replace=False)
+    keep = streams.numpy("pate/public_subsample").choice(len(roles.public), pcfg.max_public_utterances,
+                                                         replace=False)
     roles.public = roles.public.subset(np.sort(keep))
   model = asr_lib.build_model(config.model, tokenizer.vocab_size)
   print(f"[{scenario}] sensitive: {len(roles.sensitive)} utterances of {len(roles.sensitive_speakers)} speakers "
         f"-> {pcfg.num_teachers} teachers; public: {len(roles.public)} utterances of "
         f"{len(roles.public_speakers)} speakers; test: {len(splits.test)}")
 
-  def train(section, name, member_splits, seed_offset, shared_init=False):
+  def train(section, name, member_splits, shared_init=False):
     result = ensemble.train_ensemble(config[section], os.path.join(workdir, name), model, member_splits,
-                                     seed=config.seed + seed_offset, desc=f"{scenario}/{name}", progress=progress,
+                                     seed=streams.seed(f"ensemble/{name}"), desc=f"{scenario}/{name}", progress=progress,
                                      shared_init=shared_init)
     if result.preempted:
       raise Preempted(name)
@@ -192,7 +194,7 @@ def run_scenario(config, workdir: str, splits: data_lib.Splits, tokenizer: CharT
   # 1. Non-private floor on the sensitive data.
   def floor():
     t = time.perf_counter()
-    r = train("train", "floor", [roles.sensitive], 0)
+    r = train("train", "floor", [roles.sensitive])
     return {"test_wer": test_wers(r)[0], "train_seconds": time.perf_counter() - t}
 
   floor_out = io_lib.run_stage(os.path.join(workdir, "floor"), floor)
@@ -200,7 +202,7 @@ def run_scenario(config, workdir: str, splits: data_lib.Splits, tokenizer: CharT
 
   # 2. Teachers.
   t = time.perf_counter()
-  teachers = train("teachers", "teachers", [roles.sensitive.subset(p) for p in parts], 1,
+  teachers = train("teachers", "teachers", [roles.sensitive.subset(p) for p in parts],
                    shared_init=pcfg.shared_teacher_init)
   teacher_info = io_lib.run_stage(os.path.join(workdir, "teachers"), lambda: {
       "dev_wer": [r.wer for r in ensemble.evaluate_ensemble(model, teachers.params, splits.dev, tokenizer,
@@ -231,7 +233,7 @@ def run_scenario(config, workdir: str, splits: data_lib.Splits, tokenizer: CharT
 
   # 4. Accounting: the released prefix of each (aggregator, target).
   # Release order: a permutation of the public utterances, not DP randomness.
-  order = np.random.default_rng((config.seed, 13)).permutation(len(roles.public))
+  order = streams.numpy("pate/release_order").permutation(len(roles.public))
   # A rerun must republish the same noisy estimates: fresh noise on the same value would be a
   # second release (and averaging them would shrink the noise).
   release_path = os.path.join(label_dir, "smooth_sensitivity_releases.json")
@@ -298,7 +300,7 @@ def run_scenario(config, workdir: str, splits: data_lib.Splits, tokenizer: CharT
   if distinct:
     def students():
       members = [_label_split(roles.public, all_labels[m], np.asarray(used), tokenizer) for m, used in distinct]
-      r = train("students", "students", members, 2)
+      r = train("students", "students", members)
       return {"test_wer": test_wers(r)}
     student_out = io_lib.run_stage(os.path.join(workdir, "students"), students)
     for m, t, used, record in points:

@@ -211,8 +211,8 @@ def test_ghost_rejects_uncovered_layers():
 
 def test_ghost_clipping_covers_the_transducer_and_equals_vmap():
   """Conv subsampling, bidirectional and unidirectional LSTMs, Embed, LayerNorm, joint Dense."""
-  from projects.pate_asr.configs import tiny  # pylint: disable=import-outside-toplevel
-  model = asr_lib.build_model(tiny.get_config().model, 29)
+  from projects.pate_asr.configs import nonprivate  # pylint: disable=import-outside-toplevel
+  model = asr_lib.build_model(nonprivate.get_config("tiny").model, 29)
   params = asr_lib.init_params(model, jax.random.key(0))
   rng = np.random.default_rng(0)
   batch = {"features": jnp.asarray(rng.standard_normal((4, 40, 80)), jnp.float32),

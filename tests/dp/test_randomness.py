@@ -30,3 +30,12 @@ def test_reproducible_mode_is_labelled_insecure_and_repeats():
 def test_flag_must_be_a_bool():
   with pytest.raises(ValueError, match="insecure_reproducible_noise must be a bool"):
     DpRandomness.from_config(0, "yes")
+
+
+def test_keys_carry_64_secret_bits():
+  """jax.random.key(seed) keeps only 32 bits of a seed without x64; DP keys must not."""
+  data = [np.asarray(jax.random.key_data(DpRandomness().key("noise"))) for _ in range(64)]
+  assert all(d.shape == (2,) and d.dtype == np.uint32 for d in data)
+  high_words = {int(d[0]) for d in data}
+  assert len(high_words) > 60  # the high word is random too, not 0
+  assert len({(int(d[0]), int(d[1])) for d in data}) == 64

@@ -1,4 +1,10 @@
-"""Every config file imports, builds and validates; validation names the bad field."""
+"""Every variant of every config file imports, builds and validates; validation names the bad field.
+
+A config file is a `projects/*/configs/*.py` with `get_config`; one with variants lists them in a
+module-level `VARIANTS` tuple (`--config=path.py:variant`, the first is the default) and each is
+built here; one without is called with no argument. `common.py` files hold shared helpers and
+are not configs.
+"""
 
 import glob
 import importlib.util
@@ -10,20 +16,43 @@ import pytest
 from projects.pate_asr import validation
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-CONFIGS = sorted(glob.glob(os.path.join(REPO, "projects", "*", "configs", "*.py")))
-CONFIGS = [c for c in CONFIGS if not c.endswith("__init__.py")]
+HELPERS = ("__init__.py", "common.py")  # In configs/ but not configs.
+FILES = sorted(c for c in glob.glob(os.path.join(REPO, "projects", "*", "configs", "*.py"))
+               if os.path.basename(c) not in HELPERS)
 
 
-def _load(path):
+def _module(path):
   spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  return module.get_config()
+  return module
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=[os.path.relpath(c, REPO) for c in CONFIGS])
-def test_config_builds_and_validates(path):
-  config = _load(path)
+def _variants(path):
+  """(path, variant) for every variant of the config file; variant None: no argument."""
+  return [(path, v) for v in getattr(_module(path), "VARIANTS", (None,))]
+
+
+CONFIGS = [pv for path in FILES for pv in _variants(path)]
+
+
+def _id(path, variant):
+  return os.path.relpath(path, REPO) + ("" if variant is None else f":{variant}")
+
+
+def _load(path, variant=None):
+  module = _module(path)
+  return module.get_config() if variant is None else module.get_config(variant)
+
+
+def test_every_file_in_configs_is_a_config():
+  for path in FILES:
+    assert callable(getattr(_module(path), "get_config", None)), f"{_id(path, None)} has no get_config"
+
+
+@pytest.mark.parametrize("path, variant", CONFIGS, ids=[_id(p, v) for p, v in CONFIGS])
+def test_config_builds_and_validates(path, variant):
+  config = _load(path, variant)
   assert config.mode
   if "pate_asr" in path:
     validation.validate(config)
@@ -32,12 +61,28 @@ def test_config_builds_and_validates(path):
   if "fedlearn" in path:
     from projects.fedlearn import validation as fl_validation  # pylint: disable=import-outside-toplevel
     assert fl_validation.sub_runs(config)  # every sub-run merges and validates
-  assert "python -m projects." in open(path).read()  # the docstring holds the command
+  # The docstring holds the exact command, with the variant after the colon.
+  project = os.path.relpath(path, REPO).split(os.sep)[1]
+  command = f"python -m projects.{project}.main --config={_id(path, variant)}"
+  doc = " ".join(_module(path).__doc__.split())  # Commands may wrap with a backslash.
+  assert command in doc, f"the docstring of {_id(path, variant)} lacks {command!r}"
+
+
+@pytest.mark.parametrize("path", [p for p in FILES if hasattr(_module(p), "VARIANTS")],
+                         ids=lambda p: os.path.relpath(p, REPO))
+def test_the_default_variant_is_the_first_and_unknown_ones_fail(path):
+  module = _module(path)
+  assert module.get_config().to_dict() == module.get_config(module.VARIANTS[0]).to_dict()
+  with pytest.raises(ValueError, match="variant must be one of"):
+    module.get_config("no_such_variant")
 
 
 def test_at_least_the_known_configs_exist():
-  names = {os.path.relpath(c, REPO) for c in CONFIGS}
-  assert "projects/pate_asr/configs/nonprivate.py" in names
+  names = {_id(p, v) for p, v in CONFIGS}
+  assert {"projects/pate_asr/configs/nonprivate.py:default", "projects/pate_asr/configs/nonprivate.py:tiny",
+          "projects/pate_asr/configs/sweep.py:quick", "projects/pate_asr/configs/sweep.py:full",
+          "projects/pate_asr/configs/sweep.py:tiny", "projects/fedlearn/configs/dp.py:tiny",
+          "projects/fedlearn/configs/selection.py", "projects/fedlearn/configs/algorithms.py"} <= names
 
 
 @pytest.mark.parametrize("field, value, message", [
@@ -52,7 +97,7 @@ def test_at_least_the_known_configs_exist():
     ("data.synthetic_config", "poems", "config.data.synthetic_config must be one of"),
 ])
 def test_validation_names_the_field(field, value, message):
-  config = _load(os.path.join(REPO, "projects", "pate_asr", "configs", "nonprivate.py"))
+  config = _load(os.path.join(REPO, "projects", "pate_asr", "configs", "nonprivate.py"), "default")
   section, key = field.split(".")
   config[section][key] = value
   with pytest.raises(ValueError, match=message.replace(".", r"\.")):
@@ -60,7 +105,7 @@ def test_validation_names_the_field(field, value, message):
 
 
 def test_librispeech_needs_a_directory():
-  config = _load(os.path.join(REPO, "projects", "pate_asr", "configs", "nonprivate.py"))
+  config = _load(os.path.join(REPO, "projects", "pate_asr", "configs", "nonprivate.py"), "default")
   config.data.corpus = "librispeech"
   with pytest.raises(ValueError, match=r"config\.data\.librispeech_dir"):
     validation.validate(config)
@@ -75,7 +120,7 @@ def test_librispeech_needs_a_directory():
     ("teachers.learning_rate", 0.0, "config.teachers.learning_rate must be > 0"),
 ])
 def test_sweep_sections_are_validated_naming_the_field(field, value, message):
-  config = _load(os.path.join(REPO, "projects", "pate_asr", "configs", "quick.py"))
+  config = _load(os.path.join(REPO, "projects", "pate_asr", "configs", "sweep.py"), "quick")
   validation.validate_pate(config)
   section, key = field.split(".")
   config[section][key] = value

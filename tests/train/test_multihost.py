@@ -18,7 +18,7 @@ import orbax.checkpoint as ocp
 pytestmark = pytest.mark.slow  # end-to-end: `make test-fast` skips it
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-TINY = os.path.join(REPO, "projects", "pate_asr", "configs", "tiny.py")
+TINY = os.path.join(REPO, "projects", "pate_asr", "configs", "nonprivate.py") + ":tiny"
 STEPS = 3
 TIMEOUT_S = 240  # Per launch; the whole test takes ~1-2 min on 2 busy CPU cores.
 

@@ -14,7 +14,7 @@ epochs. The table's "gap pts" column is centralized minus federated test accurac
 (percentage points). About 6 minutes on a 2-core CPU (20 federated sub-runs).
 """
 
-from projects.fedlearn.configs import base
+from projects.fedlearn.configs import common
 
 ALGORITHMS = {
     "fedavg": {"fl": {"algorithm": "fedavg"}},
@@ -26,7 +26,7 @@ PARTITIONS = ("natural", "iid", "dirichlet", "quantity", "cluster")
 
 
 def get_config():
-  c = base.get_config()
+  c = common.defaults()
   c.name = "algorithms"
   c.fl.rounds = 40
   c.fl.clients_per_round = 10

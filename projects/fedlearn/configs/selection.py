@@ -15,11 +15,11 @@ current period's held-out requests (the table's last column averages it over per
 Prints the table and writes figures/test_accuracy.png. About 2 minutes on a 2-core CPU.
 """
 
-from projects.fedlearn.configs import base
+from projects.fedlearn.configs import common
 
 
 def get_config():
-  c = base.get_config()
+  c = common.defaults()
   c.name = "selection"
   c.data.num_periods = 4
   c.fl.rounds = 60

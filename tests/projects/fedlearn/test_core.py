@@ -20,6 +20,7 @@ from scipy import stats
 from libs import accounting
 from libs.accounting import PrivacyBudgetExceeded
 from libs.train.mesh import make_mesh
+from libs.train.rng import Streams
 from projects.fedlearn import algorithms as alg_lib
 from projects.fedlearn import privacy
 from projects.fedlearn import selection
@@ -374,8 +375,8 @@ def test_fedopt_server_step_is_the_optimizer_on_minus_the_mean_delta(opt_name):
 
 
 def _tiny_config():
-  from projects.fedlearn.configs import tiny  # pylint: disable=import-outside-toplevel
-  return tiny.get_config()
+  from projects.fedlearn.configs import dp  # pylint: disable=import-outside-toplevel
+  return dp.get_config("tiny")
 
 
 @pytest.mark.parametrize("field, value, message", [
@@ -541,7 +542,7 @@ def test_dp_randomness_is_secret_unless_explicitly_insecure():
   config = _tiny_config()
   _, merged = validation.sub_runs(config)[2]
   assert merged.dp.enabled and merged.dp.insecure_reproducible_noise is False
-  from_seed = jax.random.split(jax.random.key(merged.seed))[1]
+  from_seed = Streams(merged.seed).key("fedlearn/rounds")
   runs = [simulation.round_randomness(merged) for _ in range(2)]
   for _, key, sel_seed, rand in runs:
     assert rand.describe() == "os-secret" and sel_seed != merged.seed
@@ -552,9 +553,15 @@ def test_dp_randomness_is_secret_unless_explicitly_insecure():
   a, b = simulation.round_randomness(merged), simulation.round_randomness(merged)
   assert a[3].describe() == "reproducible-insecure" and a[2] == b[2]
   np.testing.assert_array_equal(jax.random.key_data(a[1]), jax.random.key_data(b[1]))
-  # Without DP nothing changes: everything from the seed.
+  # Without DP everything comes from the seed's named streams; the init key even with DP.
   _, plain = validation.sub_runs(config)[1]
-  assert simulation.round_randomness(plain)[2] == plain.seed and simulation.round_randomness(plain)[3] is None
+  init_key, round_key, sel_seed, rand = simulation.round_randomness(plain)
+  streams = Streams(plain.seed)
+  assert sel_seed == streams.seed("fedlearn/selection") and rand is None
+  np.testing.assert_array_equal(jax.random.key_data(round_key), jax.random.key_data(streams.key("fedlearn/rounds")))
+  np.testing.assert_array_equal(jax.random.key_data(init_key), jax.random.key_data(streams.key("fedlearn/init")))
+  np.testing.assert_array_equal(jax.random.key_data(runs[0][0]),
+                                jax.random.key_data(Streams(merged.seed).key("fedlearn/init")))
 
 
 @pytest.mark.slow

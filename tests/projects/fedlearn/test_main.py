@@ -22,7 +22,7 @@ import pytest
 pytestmark = pytest.mark.slow  # end-to-end: `make test-fast` skips it
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-TINY = os.path.join(REPO, "projects", "fedlearn", "configs", "tiny.py")
+TINY = os.path.join(REPO, "projects", "fedlearn", "configs", "dp.py") + ":tiny"
 FED_RUNS = ("fedavg_activity", "dp_fedavg")
 ALL_RUNS = ("centralized",) + FED_RUNS
 _ROOT = tempfile.mkdtemp(prefix="fedlearn_main_")

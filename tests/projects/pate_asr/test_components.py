@@ -12,7 +12,7 @@ from dp_accounting.rdp import rdp_privacy_accountant
 from libs.data import pipeline
 from libs.models import asr as asr_lib
 from projects.pate_asr import aggregation, ensemble, partition, sweep
-from projects.pate_asr.configs import pate_tiny
+from projects.pate_asr.configs import sweep as sweep_configs
 
 
 def _fake_split(speakers, accents, per_speaker=3):
@@ -61,7 +61,7 @@ def test_speaker_partition_puts_every_speaker_in_exactly_one_part():
 
 @pytest.fixture(scope="module")
 def tiny_teachers():
-  model = asr_lib.build_model(pate_tiny.get_config().model, 29)
+  model = asr_lib.build_model(sweep_configs.get_config("tiny").model, 29)
   params = ensemble.init_stacked(model, jax.random.key(0), 3)
   params = jax.tree.map(lambda p: p * 2.0, params)  # so the untrained teachers emit labels
   rng = np.random.default_rng(0)

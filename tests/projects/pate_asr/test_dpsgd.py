@@ -15,7 +15,7 @@ from libs.speech.tokenizer import CharTokenizer
 from libs.train import metrics as metrics_lib
 from projects.pate_asr import data as data_lib
 from projects.pate_asr import dpsgd_train
-from projects.pate_asr.configs import pate_tiny
+from projects.pate_asr.configs import sweep as sweep_configs
 
 pytestmark = pytest.mark.slow  # end-to-end: `make test-fast` skips it
 
@@ -25,7 +25,7 @@ DELTA = 1e-5
 
 @pytest.fixture(scope="module")
 def tiny_run(tiny_corpus_dir):
-  config = pate_tiny.get_config()
+  config = sweep_configs.get_config("tiny")
   config.data.data_dir = tiny_corpus_dir
   tokenizer = CharTokenizer()
   sensitive = data_lib.load_splits(config, tokenizer).train

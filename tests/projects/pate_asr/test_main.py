@@ -17,7 +17,7 @@ import pytest
 pytestmark = pytest.mark.slow  # end-to-end: `make test-fast` skips it
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-TINY = os.path.join(REPO, "projects", "pate_asr", "configs", "tiny.py")
+TINY = os.path.join(REPO, "projects", "pate_asr", "configs", "nonprivate.py") + ":tiny"
 
 
 def _env(data_dir, cache_dir):
@@ -53,6 +53,12 @@ def test_smoke_entrypoint_writes_every_output(uninterrupted):
     assert key in results
   assert results["steps"] == 60 and 0.0 <= results["test_wer"] <= 2.0 and results["train_seconds"] > 0
   assert results["config"]["model"]["name"] == "transducer"
+  by_accent = results["test_wer_by_accent"]
+  if len(by_accent) > 1:  # worst-group gap with a speaker-bootstrap interval around it
+    gap = results["test_wer_gap_by_accent"]
+    assert by_accent[gap["worst_group"]] == max(by_accent.values())
+    low, high = gap["absolute_gap_ci95"]
+    assert low <= gap["absolute_gap"] <= high and 0 < gap["speaker_share"] < 1
   assert os.path.getsize(os.path.join(workdir, "figures", "training_curve.png")) > 10_000
   assert any(f.startswith("events.out.tfevents") for f in os.listdir(workdir))
   rows = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]

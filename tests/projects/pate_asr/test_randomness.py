@@ -12,18 +12,27 @@ import pytest
 
 from libs.dp.randomness import DpRandomness
 from projects.pate_asr import dpsgd_train, sweep, validation
-from projects.pate_asr.configs import pate_tiny
+from projects.pate_asr.configs import sweep as sweep_configs
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-CONFIGS = sorted(c for c in glob.glob(os.path.join(REPO, "projects", "pate_asr", "configs", "*.py"))
-                 if not c.endswith("__init__.py"))
+FILES = sorted(c for c in glob.glob(os.path.join(REPO, "projects", "pate_asr", "configs", "*.py"))
+               if os.path.basename(c) not in ("__init__.py", "common.py"))
 
 
-def _load(path):
+def _module(path):
   spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  return module.get_config()
+  return module
+
+
+# Every variant of every config file (`VARIANTS`, see tests/projects/test_configs.py).
+CONFIGS = [(path, v) for path in FILES for v in getattr(_module(path), "VARIANTS", (None,))]
+
+
+def _load(path, variant):
+  module = _module(path)
+  return module.get_config() if variant is None else module.get_config(variant)
 
 
 def _data(key):
@@ -31,7 +40,7 @@ def _data(key):
 
 
 def _default_rand():
-  config = pate_tiny.get_config()
+  config = sweep_configs.get_config("tiny")
   return DpRandomness.from_config(config.seed, config.insecure_reproducible_noise), config.seed
 
 
@@ -41,9 +50,10 @@ def _old_dpsgd_noise_keys(seed, num):
   return jax.random.split(noise_root, num)
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=[os.path.relpath(c, REPO) for c in CONFIGS])
-def test_shipped_configs_default_to_secret_noise(path):
-  config = _load(path)
+@pytest.mark.parametrize("path, variant", CONFIGS,
+                         ids=[os.path.relpath(p, REPO) + ("" if v is None else f":{v}") for p, v in CONFIGS])
+def test_shipped_configs_default_to_secret_noise(path, variant):
+  config = _load(path, variant)
   assert config.get("insecure_reproducible_noise", False) is False
   if config.mode == "sweep":  # Every config that runs a DP stage sets it explicitly.
     assert config.insecure_reproducible_noise is False
@@ -53,7 +63,7 @@ def test_shipped_configs_default_to_secret_noise(path):
 
 @pytest.mark.parametrize("value", [1, "False", None, "missing"])
 def test_validation_wants_a_bool(value):
-  config = pate_tiny.get_config()
+  config = sweep_configs.get_config("tiny")
   del config.insecure_reproducible_noise  # A config file could set any type (or none).
   if value != "missing":
     config.insecure_reproducible_noise = value
@@ -96,7 +106,7 @@ def test_pate_aggregation_and_release_noise_are_not_a_function_of_the_seed():
 
 
 def test_reproducible_mode_is_explicit_and_says_so():
-  config = pate_tiny.get_config()
+  config = sweep_configs.get_config("tiny")
   config.insecure_reproducible_noise = True
   validation.validate_pate(config)
   a = DpRandomness.from_config(config.seed, config.insecure_reproducible_noise)
@@ -112,7 +122,7 @@ def test_reproducible_mode_is_explicit_and_says_so():
 
 def test_train_dpsgd_needs_the_randomness():
   with pytest.raises(TypeError, match="rand"):
-    dpsgd_train.train_dpsgd(pate_tiny.get_config(), "/nonexistent", None, None, [1.0], delta=1e-5, name="matched")
+    dpsgd_train.train_dpsgd(sweep_configs.get_config("tiny"), "/nonexistent", None, None, [1.0], delta=1e-5, name="matched")
 
 
 def test_workdir_keeps_the_kind_of_randomness_it_started_with(tmp_path):

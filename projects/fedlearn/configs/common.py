@@ -1,18 +1,16 @@
-"""Shared defaults of the fedlearn configs: one FedAvg run on the natural (per-device) partition.
+"""The fields every fedlearn config starts from; a helper module, not a config (no `get_config`).
 
-Command:
-  python -m projects.fedlearn.main --config=projects/fedlearn/configs/base.py --workdir=workdirs/fl_base
-
-Trains the intent classifier with FedAvg, 20 of 1,000 devices per round for 60 rounds, and
-prints its test accuracy on held-out devices. Takes about a minute on a 2-core CPU.
-Every other config starts from `get_config()` here and lists its sub-runs in `config.runs`
-(name -> nested overrides of these fields).
+`defaults()` is one FedAvg run on the natural (per-device) partition of 1,000 generated devices;
+each config (`selection.py`, `algorithms.py`, `dp.py`) changes a few fields and lists its
+sub-runs in `config.runs` (name -> nested overrides of these fields, merged and validated by
+`projects.fedlearn.validation.sub_runs`), run and tabulated in `config.run_order`.
 """
 
 import ml_collections
 
 
-def get_config() -> ml_collections.ConfigDict:
+def defaults() -> ml_collections.ConfigDict:
+  """The shared defaults; every field a sub-run may override exists here."""
   c = ml_collections.ConfigDict()
   c.mode = "experiment"
   c.name = "base"
