@@ -327,6 +327,7 @@ def ghost_clipped_grad(
     [B] must lie in [0, 1]: invalid concrete weights raise ValueError, invalid traced ones
     make the compiled call fail when it runs (see `clipping._check_example_weights`).
   """
+  # Long mostly by its docstring; the body builds one jitted function.
   _check_clip_norm(l2_clip_norm)
 
   def run(params, batch, perturbations):

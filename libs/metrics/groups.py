@@ -386,6 +386,7 @@ def bootstrap(metrics: GroupMetrics, *, rng: np.random.Generator, num_resamples:
     ValueError: on bad arguments, a cluster in two groups with `stratify=True`, or a resample in which a
       group's denominators sum to zero.
   """
+  # Long mostly by its docstring and argument checks; the resampling itself is a few vectorised lines.
   # pylint: disable=protected-access  # This module's own class: its per-cluster sums.
   if not isinstance(rng, np.random.Generator):
     raise TypeError(f"rng must be a numpy.random.Generator (np.random.default_rng(seed)), got {type(rng)}")

@@ -303,6 +303,7 @@ def make_algorithm(name: str, loss_fn: LossFn, client: ClientConfig, *, server_o
     >>> alg = make_algorithm("fedopt", loss_fn, ClientConfig(0.1), server_optimizer_name="yogi",
     ...                      server_learning_rate=1e-2)
   """
+  # Long by design (FedJAX style): a factory whose short nested pure functions close over the static configuration.
   if name not in ALGORITHMS:
     raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {name!r}")
   if name == "fedprox" and not client.prox_mu > 0:

@@ -365,6 +365,8 @@ def _check(num_devices, num_periods, mean_examples, zipf_a, max_examples_per_dev
 
 def _generate(num_devices: int, seed: int, stream: int, num_periods: int, mean_examples: float,
               zipf_a: float, max_examples_per_device: int, max_len: int, drift: float) -> FederatedData:
+  # Long because it is one vectorised pass over all devices (world tables, per-device mixes, activity,
+  # periods, rendering); splitting it would pass a dozen arrays between the parts.
   _check(num_devices, num_periods, mean_examples, zipf_a, max_examples_per_device, max_len, drift)
   vocab = build_vocab()
   slots, templates = _tables(vocab)

@@ -136,8 +136,44 @@ _DP_SCOPE = ("per device (add/remove one device with all its examples): the nois
              "(not training data) and the configured quantities (N, m, n_ref), which are public.")
 
 
+def _federated_algorithm(cfg, task, num_clients: int):
+  """(FedAlgorithm, DeviceAccountant or None, DPConfig or None) of a federated sub-run."""
+  from projects.fedlearn import algorithms as alg_lib  # pylint: disable=import-outside-toplevel
+  fl = cfg.fl
+  require(fl.clients_per_round <= num_clients, "fl.clients_per_round",
+          f"must be <= the number of clients ({num_clients})", fl.clients_per_round)
+  accountant, dp_config = _device_privacy(cfg, num_clients) if cfg.dp.enabled else (None, None)
+  client = alg_lib.ClientConfig(fl.client_learning_rate, fl.num_epochs, fl.batch_size, fl.num_steps,
+                                fl.prox_mu if fl.algorithm == "fedprox" else 0.0)
+  alg = alg_lib.make_algorithm(fl.algorithm, task.example_losses, client, server_optimizer_name=fl.server_optimizer,
+                               server_learning_rate=fl.server_learning_rate, num_devices=num_clients, dp=dp_config,
+                               chunk_size=fl.chunk_size)
+  return alg, accountant, dp_config
+
+
+def _federated_result(name: str, cfg, workdir: str, out, last_eval: dict, num_clients: int) -> dict:
+  """The result row of a finished federated sub-run (without its privacy section)."""
+  fl = cfg.fl
+  result = {"name": name, "kind": "federated", "algorithm": fl.algorithm,
+            "server_optimizer": fl.server_optimizer, "partition": cfg.partition.scheme,
+            "selection": cfg.selection.scheme, "continual": bool(cfg.continual.enabled), "rounds": fl.rounds,
+            "clients_per_round": fl.clients_per_round, "num_clients": num_clients,
+            "test_accuracy": last_eval[f"{name}/test/accuracy"], "test_loss": last_eval[f"{name}/test/loss"],
+            "train_seconds": out.train_seconds}
+  if cfg.continual.enabled:
+    from libs.train.metrics import read_jsonl  # pylint: disable=import-outside-toplevel
+    per_period = fl.rounds // cfg.data.num_periods
+    accs = [r[f"{name}/test/accuracy"] for r in read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+            if f"{name}/test/accuracy" in r and r["step"] % per_period == 0]
+    result["period_accuracy"] = accs
+    result["mean_period_accuracy"] = float(np.mean(accs)) if accs else float("nan")
+  return result
+
+
 def run_federated(name: str, cfg, workdir: str, world: _World, writer, mesh: Mesh) -> dict:
   """One federated sub-run: resumable from its checkpoint; returns its result row."""
+  # Long because the round, evaluation and period-data closures share the sub-run's data, algorithm
+  # and accountant; each closure is short, and the setup and the result row are their own functions.
   from projects.fedlearn import algorithms as alg_lib  # pylint: disable=import-outside-toplevel
   from projects.fedlearn import continual  # pylint: disable=import-outside-toplevel
   from projects.fedlearn import partition as partition_lib  # pylint: disable=import-outside-toplevel
@@ -146,24 +182,15 @@ def run_federated(name: str, cfg, workdir: str, world: _World, writer, mesh: Mes
   from libs.train.loop import train_loop  # pylint: disable=import-outside-toplevel
   started = time.perf_counter()
   train, test = world.get(cfg)
-  p = cfg.partition
-  if p.scheme != "natural":
+  if cfg.partition.scheme != "natural":
+    p = cfg.partition
     train = partition_lib.partition(train, p.scheme, num_clients=p.num_clients or None, alpha=p.alpha, beta=p.beta,
                                     num_clusters=p.num_clusters, seed=cfg.seed)
   task = _make_task(cfg, train)
   fl, s = cfg.fl, cfg.selection
   num_clients = train.num_devices
-  require(fl.clients_per_round <= num_clients, "fl.clients_per_round",
-           f"must be <= the number of clients ({num_clients})", fl.clients_per_round)
-  accountant, dp_config = None, None
-  if cfg.dp.enabled:
-    accountant, dp_config = _device_privacy(cfg, num_clients)
+  alg, accountant, dp_config = _federated_algorithm(cfg, task, num_clients)
   rate = _selection_rate(cfg, num_clients)
-  client = alg_lib.ClientConfig(fl.client_learning_rate, fl.num_epochs, fl.batch_size, fl.num_steps,
-                                fl.prox_mu if fl.algorithm == "fedprox" else 0.0)
-  alg = alg_lib.make_algorithm(fl.algorithm, task.example_losses, client, server_optimizer_name=fl.server_optimizer,
-                               server_learning_rate=fl.server_learning_rate, num_devices=num_clients, dp=dp_config,
-                               chunk_size=fl.chunk_size)
   init_key, train_key, selection_seed, dp_rand = round_randomness(cfg)
   state = replicate_tree(alg.init(task.init(init_key)), mesh)
   run_dir = os.path.join(workdir, name)
@@ -247,19 +274,8 @@ def run_federated(name: str, cfg, workdir: str, world: _World, writer, mesh: Mes
   state = out.state
   if accountant is not None and fl.rounds > accountant.rounds:  # Finished before this process started.
     accountant.record_round(fl.rounds - accountant.rounds)
-  last_eval = eval_row(fl.rounds, state)
-  result = {"name": name, "kind": "federated", "algorithm": fl.algorithm,
-            "server_optimizer": fl.server_optimizer, "partition": p.scheme, "selection": s.scheme,
-            "continual": bool(cfg.continual.enabled), "rounds": fl.rounds,
-            "clients_per_round": fl.clients_per_round, "num_clients": num_clients,
-            "test_accuracy": last_eval[f"{name}/test/accuracy"], "test_loss": last_eval[f"{name}/test/loss"],
-            "train_seconds": out.train_seconds, "wall_seconds": time.perf_counter() - started}
-  if cfg.continual.enabled:
-    from libs.train.metrics import read_jsonl  # pylint: disable=import-outside-toplevel
-    accs = [r[f"{name}/test/accuracy"] for r in read_jsonl(os.path.join(workdir, "metrics.jsonl"))
-            if f"{name}/test/accuracy" in r and r["step"] % rounds_per_period == 0]
-    result["period_accuracy"] = accs
-    result["mean_period_accuracy"] = float(np.mean(accs)) if accs else float("nan")
+  result = _federated_result(name, cfg, workdir, out, eval_row(fl.rounds, state), num_clients)
+  result["wall_seconds"] = time.perf_counter() - started
   if accountant is not None:
     result["privacy"] = dict(accountant.summary(), clip_norm_final=float(state.clip_norm),
                              adaptive_clipping=bool(cfg.dp.adaptive), noise_multiplier_delta=dp_config.noise_multiplier,

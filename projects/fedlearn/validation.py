@@ -28,6 +28,7 @@ def validate(config) -> None:
   Example:
     >>> validate(config)   # ValueError: config.fl.clients_per_round must be an integer >= 1, got 0
   """
+  # Long by design: a flat list of one-line field checks, in config order.
   from projects.fedlearn import partition as partition_lib  # pylint: disable=import-outside-toplevel
   from projects.fedlearn.selection import DROPOUT_MODES, SCHEMES, WEIGHTINGS  # pylint: disable=import-outside-toplevel
   from projects.fedlearn.algorithms import ALGORITHMS, SERVER_OPTIMIZERS  # pylint: disable=import-outside-toplevel
