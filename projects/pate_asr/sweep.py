@@ -29,6 +29,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import time
@@ -161,12 +162,37 @@ def check_workdir_randomness(workdir: str, rand: DpRandomness) -> None:
                      f"workdir (or the setting it was started with)")
 
 
-def run_scenario(config, workdir: str, splits: data_lib.Splits, tokenizer: CharTokenizer, scenario: str,
-                 rand: DpRandomness) -> list[dict]:
+@dataclasses.dataclass(frozen=True)
+class _Scenario:
+  """What every stage of one scenario shares."""
+  config: ml_collections.ConfigDict
+  workdir: str
+  scenario: str
+  splits: data_lib.Splits
+  tokenizer: CharTokenizer
+  rand: DpRandomness
+  streams: rng_lib.Streams  # Non-DP streams only: DP ones come from `rand`.
+  model: object
+  progress: bool
+
+  @property
+  def pcfg(self):
+    return self.config.pate
+
+
+@dataclasses.dataclass(frozen=True)
+class _Point:
+  """One (aggregator, target epsilon): the labeled utterances it releases and its record
+  (without "wer", which the students give)."""
+  method: str
+  target: float
+  used: np.ndarray
+  record: dict
+
+
+def _prepare_roles(config, splits: data_lib.Splits, scenario: str, streams: rng_lib.Streams):
+  """The sensitive/public roles of `splits.train` and the teachers' speaker-disjoint parts."""
   pcfg = config.pate
-  progress = config.get("progress", True)
-  streams = rng_lib.Streams(config.seed)  # Non-DP streams only: DP ones come from `rand`.
-  os.makedirs(workdir, exist_ok=True)
   roles = partition.split_roles(splits.train, scenario=scenario, public_fraction=pcfg.public_fraction,
                                 seed=config.seed, public_accents=tuple(pcfg.public_accents))
   parts = partition.speaker_partition(roles.sensitive, pcfg.num_teachers, seed=config.seed)
@@ -174,164 +200,221 @@ def run_scenario(config, workdir: str, splits: data_lib.Splits, tokenizer: CharT
     keep = streams.numpy("pate/public_subsample").choice(len(roles.public), pcfg.max_public_utterances,
                                                          replace=False)
     roles.public = roles.public.subset(np.sort(keep))
-  model = asr_lib.build_model(config.model, tokenizer.vocab_size)
-  print(f"[{scenario}] sensitive: {len(roles.sensitive)} utterances of {len(roles.sensitive_speakers)} speakers "
-        f"-> {pcfg.num_teachers} teachers; public: {len(roles.public)} utterances of "
-        f"{len(roles.public_speakers)} speakers; test: {len(splits.test)}")
+  return roles, parts
 
-  def train(section, name, member_splits, shared_init=False):
-    result = ensemble.train_ensemble(config[section], os.path.join(workdir, name), model, member_splits,
-                                     seed=streams.seed(f"ensemble/{name}"), desc=f"{scenario}/{name}", progress=progress,
-                                     shared_init=shared_init)
-    if result.preempted:
-      raise Preempted(name)
-    return result
 
-  def test_wers(result):
-    return [r.wer for r in ensemble.evaluate_ensemble(model, result.params, splits.test, tokenizer,
-                                                      batch_size=config.eval.batch_size)]
+def _train_stage(ctx: _Scenario, section: str, name: str, member_splits, shared_init: bool = False):
+  """Trains (or resumes) the ensemble `name` under `ctx.workdir/name`; raises Preempted if stopped."""
+  result = ensemble.train_ensemble(ctx.config[section], os.path.join(ctx.workdir, name), ctx.model, member_splits,
+                                   seed=ctx.streams.seed(f"ensemble/{name}"), desc=f"{ctx.scenario}/{name}",
+                                   progress=ctx.progress, shared_init=shared_init)
+  if result.preempted:
+    raise Preempted(name)
+  return result
 
-  # 1. Non-private floor on the sensitive data.
+
+def _wers(ctx: _Scenario, params, split) -> list:
+  return [r.wer for r in ensemble.evaluate_ensemble(ctx.model, params, split, ctx.tokenizer,
+                                                    batch_size=ctx.config.eval.batch_size)]
+
+
+def _floor_stage(ctx: _Scenario, roles) -> dict:
+  """1. The non-private floor on the sensitive data."""
   def floor():
     t = time.perf_counter()
-    r = train("train", "floor", [roles.sensitive])
-    return {"test_wer": test_wers(r)[0], "train_seconds": time.perf_counter() - t}
+    r = _train_stage(ctx, "train", "floor", [roles.sensitive])
+    return {"test_wer": _wers(ctx, r.params, ctx.splits.test)[0], "train_seconds": time.perf_counter() - t}
 
-  floor_out = io_lib.run_stage(os.path.join(workdir, "floor"), floor)
-  print(f"[{scenario}] non-private floor: test WER {100 * floor_out['test_wer']:.2f}%")
+  floor_out = io_lib.run_stage(os.path.join(ctx.workdir, "floor"), floor)
+  print(f"[{ctx.scenario}] non-private floor: test WER {100 * floor_out['test_wer']:.2f}%")
+  return floor_out
 
-  # 2. Teachers.
+
+def _teacher_stage(ctx: _Scenario, roles, parts):
+  """2. The teachers, one per part of the sensitive data (always loaded: the labels need them)."""
   t = time.perf_counter()
-  teachers = train("teachers", "teachers", [roles.sensitive.subset(p) for p in parts],
-                   shared_init=pcfg.shared_teacher_init)
-  teacher_info = io_lib.run_stage(os.path.join(workdir, "teachers"), lambda: {
-      "dev_wer": [r.wer for r in ensemble.evaluate_ensemble(model, teachers.params, splits.dev, tokenizer,
-                                                            batch_size=config.eval.batch_size)],
+  teachers = _train_stage(ctx, "teachers", "teachers", [roles.sensitive.subset(p) for p in parts],
+                          shared_init=ctx.pcfg.shared_teacher_init)
+  info = io_lib.run_stage(os.path.join(ctx.workdir, "teachers"), lambda: {
+      "dev_wer": _wers(ctx, teachers.params, ctx.splits.dev),
       "train_seconds": time.perf_counter() - t, "utterances": [int(len(p)) for p in parts]})
-  print(f"[{scenario}] teachers: dev WER mean {100 * np.mean(teacher_info['dev_wer']):.1f}% "
-        f"(best {100 * min(teacher_info['dev_wer']):.1f}%, worst {100 * max(teacher_info['dev_wer']):.1f}%)")
+  print(f"[{ctx.scenario}] teachers: dev WER mean {100 * np.mean(info['dev_wer']):.1f}% "
+        f"(best {100 * min(info['dev_wer']):.1f}%, worst {100 * max(info['dev_wer']):.1f}%)")
+  return teachers
 
-  # 3. Noisy ensemble labels of the public data, one pass per aggregator.
-  label_dir = os.path.join(workdir, "labels")
-  os.makedirs(label_dir, exist_ok=True)
-  orders = np.asarray(pcfg.orders if pcfg.orders else pate_accounting.DEFAULT_ORDERS, np.float64)
-  label_key = aggregation_key(rand, scenario)
+
+def _label_public(ctx: _Scenario, teachers, public, label_dir: str) -> dict:
+  """3. The noisy ensemble labels of the public data, one pass per aggregator (kept on disk)."""
+  pcfg = ctx.pcfg
+  label_key = aggregation_key(ctx.rand, ctx.scenario)
   all_labels = {}
   for m, method in enumerate(("plurality",) + tuple(pcfg.methods)):
     path = os.path.join(label_dir, f"{method}.npz")
     if os.path.exists(path):
       all_labels[method] = aggregation.Labels.load(path)
       continue
-    labeler = aggregation.make_labeler(model, aggregator_config(pcfg, method),
+    labeler = aggregation.make_labeler(ctx.model, aggregator_config(pcfg, method),
                                        max_symbols_per_frame=pcfg.max_symbols_per_frame,
                                        decode=pcfg.get("decode", "label_sync"))
-    labels = aggregation.label_split(labeler, teachers.params, roles.public, jax.random.fold_in(label_key, m),
-                                     batch_size=pcfg.label_batch_size, progress=progress,
-                                     desc=f"{scenario}/labels/{method}")
+    labels = aggregation.label_split(labeler, teachers.params, public, jax.random.fold_in(label_key, m),
+                                     batch_size=pcfg.label_batch_size, progress=ctx.progress,
+                                     desc=f"{ctx.scenario}/labels/{method}")
     labels.save(path)
     all_labels[method] = labels
+  return all_labels
 
-  # 4. Accounting: the released prefix of each (aggregator, target).
-  # Release order: a permutation of the public utterances, not DP randomness.
-  order = streams.numpy("pate/release_order").permutation(len(roles.public))
-  # A rerun must republish the same noisy estimates: fresh noise on the same value would be a
-  # second release (and averaging them would shrink the noise).
-  release_path = os.path.join(label_dir, "smooth_sensitivity_releases.json")
-  releases = io_lib.read_json(release_path) or {}
-  points = []  # (method, target, released indices, record)
-  for method in ("plurality",) + tuple(pcfg.methods):
-    labels = all_labels[method]
-    cfg = aggregator_config(pcfg, method)
-    costs = aggregation.query_costs(labels, cfg, num_teachers=pcfg.num_teachers, orders=orders)
-    basis = costs.dependent if pcfg.budget == "data_dependent" else costs.independent
-    targets = [math.inf] if method == "plurality" else list(pcfg.target_epsilons)
-    floor_eps = (math.inf if method == "plurality" else
-                 epsilon_floor(cfg, num_teachers=pcfg.num_teachers, vocab_size=model.config.vocab_size,
-                               orders=orders, delta=pcfg.delta))
-    below = [t for t in targets if t < floor_eps]
-    if below and pcfg.budget == "data_dependent":
-      print(f"[{scenario}] {method}: target epsilon {', '.join(f'{t:g}' for t in below)} is below {floor_eps:.2f}, the "
-            f"cost of one answer on which all {pcfg.num_teachers} teachers agree (delta {pcfg.delta:g}): nothing can "
-            f"be labeled there. More teachers or a larger delta lower this floor.")
-    for target in targets:
-      if math.isinf(target):
-        count = len(order)
-      else:
-        count, _ = released_prefix(basis[order], orders, target, pcfg.delta)
-      released = order[:count]
-      used = released[labels.labeled[released]]
-      queries_total = int(sum(len(labels.votes[i]) for i in released))
-      answered = int(sum(int(labels.answered[i].sum()) for i in released))
-      eps_ind = _epsilon(orders, costs.independent[released].sum(0), pcfg.delta) if count else 0.0
-      eps_dep = _epsilon(orders, costs.dependent[released].sum(0), pcfg.delta) if count else 0.0
-      refs = [roles.public.transcripts[i] for i in used]
-      hyps = [tokenizer.decode(labels.tokens[i]) for i in used]
-      record = {
-          "method": "pate_" + method if method != "plurality" else "pate_noiseless",
-          "scenario": scenario, "target_epsilon": target, "delta": pcfg.delta,
-          "epsilon": eps_dep if pcfg.budget == "data_dependent" else eps_ind,
-          "epsilon_data_dependent": eps_dep, "epsilon_data_independent": eps_ind,
-          "accountant": ("none" if method == "plurality" else
-                         f"pate-rdp-{'data-dependent' if pcfg.budget == 'data_dependent' else 'data-independent'}"),
-          "unit": "speaker (one teacher per speaker-disjoint part; implies utterance)",
-          "queries_answered": answered, "queries_total": queries_total,
-          "utterances_released": int(count), "utterances_labeled": int(len(used)),
-          "public_utterances": len(roles.public),
-          "label_wer": wer_lib.word_error_rate(refs, hyps) if used.size else None,
-          "epsilon_floor": floor_eps,
-      }
-      if method != "plurality":
-        record["randomness"] = rand.describe()
-      if method in ("gnmax", "confident_gnmax") and count and pcfg.budget == "data_dependent":
-        key = (f"{method} target={target:g} released={count} "
-               f"ss=({pcfg.ss_order:g}, {pcfg.ss_beta:g}, {pcfg.ss_sigma:g})")
-        if key not in releases:
-          releases[key] = _release(pcfg, labels, released, costs, orders, method,
-                                   rng=release_seed(rand, scenario, method, target))
-          io_lib.write_json(release_path, releases)
-        record["released_epsilon"] = releases[key]
-      points.append((method, target, used, record))
 
-  # 5. Students, one per distinct label set (same method and released utterances).
+class _Releases:
+  """The smooth-sensitivity releases of a scenario, kept so that a rerun republishes the same
+  noisy estimates: fresh noise on the same value would be a second release (and averaging
+  them would shrink the noise)."""
+
+  def __init__(self, label_dir: str):
+    self.path = os.path.join(label_dir, "smooth_sensitivity_releases.json")
+    self.values = io_lib.read_json(self.path) or {}
+
+
+def _account_method(ctx: _Scenario, method: str, labels, public, orders, order, releases: _Releases) -> list[_Point]:
+  """4. The released prefix of `method` at each of its targets (noiseless: epsilon = inf only)."""
+  pcfg = ctx.pcfg
+  cfg = aggregator_config(pcfg, method)
+  costs = aggregation.query_costs(labels, cfg, num_teachers=pcfg.num_teachers, orders=orders)
+  targets = [math.inf] if method == "plurality" else list(pcfg.target_epsilons)
+  floor_eps = (math.inf if method == "plurality" else
+               epsilon_floor(cfg, num_teachers=pcfg.num_teachers, vocab_size=ctx.model.config.vocab_size,
+                             orders=orders, delta=pcfg.delta))
+  below = [t for t in targets if t < floor_eps]
+  if below and pcfg.budget == "data_dependent":
+    print(f"[{ctx.scenario}] {method}: target epsilon {', '.join(f'{t:g}' for t in below)} is below {floor_eps:.2f}, "
+          f"the cost of one answer on which all {pcfg.num_teachers} teachers agree (delta {pcfg.delta:g}): nothing "
+          f"can be labeled there. More teachers or a larger delta lower this floor.")
+  return [_account(ctx, method, target, labels, costs, public, orders, order, floor_eps, releases)
+          for target in targets]
+
+
+def _account(ctx: _Scenario, method: str, target: float, labels, costs, public, orders, order, floor_eps: float,
+             releases: _Releases) -> _Point:
+  """4. One (aggregator, target): utterances released in `order` while the budget allows."""
+  pcfg, data_dependent = ctx.pcfg, ctx.pcfg.budget == "data_dependent"
+  if math.isinf(target):
+    count = len(order)
+  else:
+    basis = costs.dependent if data_dependent else costs.independent
+    count, _ = released_prefix(basis[order], orders, target, pcfg.delta)
+  released = order[:count]
+  used = released[labels.labeled[released]]
+  eps_ind = _epsilon(orders, costs.independent[released].sum(0), pcfg.delta) if count else 0.0
+  eps_dep = _epsilon(orders, costs.dependent[released].sum(0), pcfg.delta) if count else 0.0
+  refs = [public.transcripts[i] for i in used]
+  hyps = [ctx.tokenizer.decode(labels.tokens[i]) for i in used]
+  record = {
+      "method": "pate_" + method if method != "plurality" else "pate_noiseless",
+      "scenario": ctx.scenario, "target_epsilon": target, "delta": pcfg.delta,
+      "epsilon": eps_dep if data_dependent else eps_ind,
+      "epsilon_data_dependent": eps_dep, "epsilon_data_independent": eps_ind,
+      "accountant": ("none" if method == "plurality" else
+                     f"pate-rdp-{'data-dependent' if data_dependent else 'data-independent'}"),
+      "unit": "speaker (one teacher per speaker-disjoint part; implies utterance)",
+      "queries_answered": int(sum(int(labels.answered[i].sum()) for i in released)),
+      "queries_total": int(sum(len(labels.votes[i]) for i in released)),
+      "utterances_released": int(count), "utterances_labeled": int(len(used)),
+      "public_utterances": len(public),
+      "label_wer": wer_lib.word_error_rate(refs, hyps) if used.size else None,
+      "epsilon_floor": floor_eps,
+  }
+  if method != "plurality":
+    record["randomness"] = ctx.rand.describe()
+  if method in ("gnmax", "confident_gnmax") and count and data_dependent:
+    key = (f"{method} target={target:g} released={count} "
+           f"ss=({pcfg.ss_order:g}, {pcfg.ss_beta:g}, {pcfg.ss_sigma:g})")
+    if key not in releases.values:
+      releases.values[key] = _release(pcfg, labels, released, costs, orders, method,
+                                      rng=release_seed(ctx.rand, ctx.scenario, method, target))
+      io_lib.write_json(releases.path, releases.values)
+    record["released_epsilon"] = releases.values[key]
+  return _Point(method, target, used, record)
+
+
+def _train_students(ctx: _Scenario, public, all_labels: dict, points: list[_Point]) -> list[float]:
+  """5. Students, one per distinct label set (same method and released utterances): the test
+  WER of each point (1.0 where nothing was labeled: no student can be trained)."""
   distinct = {}
-  for m, t, used, r in points:
-    if len(used) > 0:
-      distinct.setdefault((m, tuple(used.tolist())), len(distinct))
-  if distinct:
-    def students():
-      members = [_label_split(roles.public, all_labels[m], np.asarray(used), tokenizer) for m, used in distinct]
-      r = train("students", "students", members)
-      return {"test_wer": test_wers(r)}
-    student_out = io_lib.run_stage(os.path.join(workdir, "students"), students)
-    for m, t, used, record in points:
-      if len(used) > 0:
-        record["wer"] = student_out["test_wer"][distinct[(m, tuple(used.tolist()))]]
-  for m, t, used, record in points:
-    record.setdefault("wer", 1.0)  # No labels: the student cannot be trained (treated as 100% WER).
+  for p in points:
+    if len(p.used) > 0:
+      distinct.setdefault((p.method, tuple(p.used.tolist())), len(distinct))
+  if not distinct:
+    return [1.0 for _ in points]
 
-  # 6. DP-SGD at each finite target; the non-private floor stands for epsilon = inf.
+  def students():
+    members = [_label_split(public, all_labels[m], np.asarray(used), ctx.tokenizer) for m, used in distinct]
+    r = _train_stage(ctx, "students", "students", members)
+    return {"test_wer": _wers(ctx, r.params, ctx.splits.test)}
+
+  student_out = io_lib.run_stage(os.path.join(ctx.workdir, "students"), students)
+  return [student_out["test_wer"][distinct[(p.method, tuple(p.used.tolist()))]] if len(p.used) > 0 else 1.0
+          for p in points]
+
+
+def _dpsgd_stage(ctx: _Scenario, sensitive) -> dict:
+  """6. DP-SGD at each finite target, noise calibrated to it."""
   def dpsgd():
-    targets = [float(t) for t in pcfg.target_epsilons]
-    r = dpsgd_train.train_dpsgd(config, os.path.join(workdir, "dpsgd"), model, roles.sensitive, targets,
-                                delta=pcfg.delta, rand=rand, name=scenario, progress=progress)
+    targets = [float(t) for t in ctx.pcfg.target_epsilons]
+    r = dpsgd_train.train_dpsgd(ctx.config, os.path.join(ctx.workdir, "dpsgd"), ctx.model, sensitive, targets,
+                                delta=ctx.pcfg.delta, rand=ctx.rand, name=ctx.scenario, progress=ctx.progress)
     if r.preempted:
       raise Preempted("dpsgd")
-    return {"test_wer": test_wers(r), "noise_multipliers": r.noise_multipliers, "epsilons": r.epsilons,
-            "sampling_probability": r.sampling_probability, "steps": r.steps, "train_seconds": r.train_seconds}
+    return {"test_wer": _wers(ctx, r.params, ctx.splits.test), "noise_multipliers": r.noise_multipliers,
+            "epsilons": r.epsilons, "sampling_probability": r.sampling_probability, "steps": r.steps,
+            "train_seconds": r.train_seconds}
 
-  dp_out = io_lib.run_stage(os.path.join(workdir, "dpsgd"), dpsgd)
-  records = [r for _, _, _, r in points]
+  return io_lib.run_stage(os.path.join(ctx.workdir, "dpsgd"), dpsgd)
+
+
+def _records(ctx: _Scenario, points: list[_Point], student_wers: list[float], dp_out: dict,
+             floor_out: dict) -> list[dict]:
+  """The scenario's records: PATE points, DP-SGD per finite target, and the non-private floor
+  (which stands for DP-SGD at epsilon = inf)."""
+  pcfg = ctx.pcfg
+  records = [{**p.record, "wer": w} for p, w in zip(points, student_wers)]
   for target, w, sigma, eps in zip(pcfg.target_epsilons, dp_out["test_wer"], dp_out["noise_multipliers"],
                                    dp_out["epsilons"]):
-    records.append({"method": "dpsgd", "scenario": scenario, "target_epsilon": float(target), "epsilon": eps,
+    records.append({"method": "dpsgd", "scenario": ctx.scenario, "target_epsilon": float(target), "epsilon": eps,
                     "delta": pcfg.delta, "wer": w, "unit": "utterance", "accountant": "rdp (Poisson subsampled Gaussian)",
                     "queries_answered": None, "queries_total": None, "noise_multiplier": sigma,
                     "sampling_probability": dp_out["sampling_probability"], "steps": dp_out["steps"],
-                    "randomness": rand.describe()})
-  records.append({"method": "nonprivate", "scenario": scenario, "target_epsilon": math.inf, "epsilon": math.inf,
+                    "randomness": ctx.rand.describe()})
+  records.append({"method": "nonprivate", "scenario": ctx.scenario, "target_epsilon": math.inf, "epsilon": math.inf,
                   "delta": 0.0, "wer": floor_out["test_wer"], "unit": "none", "accountant": "none",
                   "queries_answered": None, "queries_total": None})
   return records
+
+
+def run_scenario(config, workdir: str, splits: data_lib.Splits, tokenizer: CharTokenizer, scenario: str,
+                 rand: DpRandomness) -> list[dict]:
+  pcfg = config.pate
+  streams = rng_lib.Streams(config.seed)  # Non-DP streams only: DP ones come from `rand`.
+  os.makedirs(workdir, exist_ok=True)
+  roles, parts = _prepare_roles(config, splits, scenario, streams)
+  ctx = _Scenario(config, workdir, scenario, splits, tokenizer, rand, streams,
+                  model=asr_lib.build_model(config.model, tokenizer.vocab_size),
+                  progress=config.get("progress", True))
+  print(f"[{scenario}] sensitive: {len(roles.sensitive)} utterances of {len(roles.sensitive_speakers)} speakers "
+        f"-> {pcfg.num_teachers} teachers; public: {len(roles.public)} utterances of "
+        f"{len(roles.public_speakers)} speakers; test: {len(splits.test)}")
+  floor_out = _floor_stage(ctx, roles)
+  teachers = _teacher_stage(ctx, roles, parts)
+  label_dir = os.path.join(workdir, "labels")
+  os.makedirs(label_dir, exist_ok=True)
+  all_labels = _label_public(ctx, teachers, roles.public, label_dir)
+  orders = np.asarray(pcfg.orders if pcfg.orders else pate_accounting.DEFAULT_ORDERS, np.float64)
+  # Release order: a permutation of the public utterances, not DP randomness.
+  order = streams.numpy("pate/release_order").permutation(len(roles.public))
+  releases = _Releases(label_dir)
+  points = [p for method in ("plurality",) + tuple(pcfg.methods)
+            for p in _account_method(ctx, method, all_labels[method], roles.public, orders, order, releases)]
+  student_wers = _train_students(ctx, roles.public, all_labels, points)
+  dp_out = _dpsgd_stage(ctx, roles.sensitive)
+  return _records(ctx, points, student_wers, dp_out, floor_out)
 
 
 def _release(pcfg, labels, released, costs, orders, method, *, rng: int) -> dict:
