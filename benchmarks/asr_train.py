@@ -16,7 +16,6 @@ import statistics
 import time
 
 import jax
-import jax.numpy as jnp
 
 from libs.data import pipeline
 from libs.models import asr as asr_lib

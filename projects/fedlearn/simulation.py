@@ -15,7 +15,6 @@ import json
 import math
 import os
 import time
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -216,13 +215,16 @@ def run_federated(name: str, cfg, workdir: str, world: _World, writer, mesh: Mes
       cache[period] = (held, held.num_examples(), tst.pooled())
     return cache[period]
 
+  evaluated: dict[int, dict] = {}  # The last round's evaluation, reused for the result row.
+
   def eval_row(done: int, state) -> dict | None:
     if not (done % fl.eval_every == 0 or done == fl.rounds or (
         cfg.continual.enabled and done % rounds_per_period == 0)):
       return None
     _, _, (tokens, intents) = period_data(min(done - 1, fl.rounds - 1) // rounds_per_period)
     values = evaluate(state.params, tokens, intents)
-    return {f"{name}/test/loss": values["loss"], f"{name}/test/accuracy": values["correct"]}
+    evaluated[done] = {f"{name}/test/loss": values["loss"], f"{name}/test/accuracy": values["correct"]}
+    return evaluated[done]
 
   def one_round(state, r: int):
     if accountant is not None:
@@ -274,7 +276,8 @@ def run_federated(name: str, cfg, workdir: str, world: _World, writer, mesh: Mes
   state = out.state
   if accountant is not None and fl.rounds > accountant.rounds:  # Finished before this process started.
     accountant.record_round(fl.rounds - accountant.rounds)
-  result = _federated_result(name, cfg, workdir, out, eval_row(fl.rounds, state), num_clients)
+  last_eval = evaluated.get(fl.rounds) or eval_row(fl.rounds, state)  # evaluated here if finished earlier
+  result = _federated_result(name, cfg, workdir, out, last_eval, num_clients)
   result["wall_seconds"] = time.perf_counter() - started
   if accountant is not None:
     result["privacy"] = dict(accountant.summary(), clip_norm_final=float(state.clip_norm),
@@ -317,9 +320,12 @@ def run_centralized(name: str, cfg, workdir: str, world: _World, writer) -> dict
       state = step(state, tokens[idx], intents[idx])
     return state, None
 
+  evaluated: dict[int, dict] = {}  # The last epoch's evaluation, reused for the result row.
+
   def test_row(done, state):
     values = evaluate(state["params"], test_tokens, test_intents)
-    return {f"{name}/test/accuracy": values["correct"], f"{name}/test/loss": values["loss"]}
+    evaluated[done] = {f"{name}/test/accuracy": values["correct"], f"{name}/test/loss": values["loss"]}
+    return evaluated[done]
 
   ckpt = Checkpointer(os.path.join(workdir, name, "checkpoints"), save_every=1)
   out = train_loop({"params": params, "opt_state": opt.init(params)}, epoch, num_steps=c.epochs, checkpointer=ckpt,
@@ -327,7 +333,7 @@ def run_centralized(name: str, cfg, workdir: str, world: _World, writer) -> dict
   ckpt.close()
   if out.preempted:
     return None
-  values = test_row(c.epochs, out.state)
+  values = evaluated.get(c.epochs) or test_row(c.epochs, out.state)
   return {"name": name, "kind": "centralized", "algorithm": "centralized", "partition": "pooled",
           "epochs": c.epochs, "test_accuracy": values[f"{name}/test/accuracy"],
           "test_loss": values[f"{name}/test/loss"], "train_seconds": out.train_seconds,

@@ -278,10 +278,11 @@ def _poisson_gaussian_epsilon(q, sigma, rounds, delta, orders=range(2, 257)):
 def test_poisson_accounting_matches_an_independent_rdp_formula_and_stops_before_overspending():
   acct = privacy.DeviceAccountant("activity_capped", noise_multiplier=1.1, num_devices=5000, clients_per_round=50,
                                   max_probability=0.04, target_epsilon=2.0, delta=1e-5)
-  for rounds in (1, 10, 60):
-    reference = _poisson_gaussian_epsilon(0.04, 1.1, rounds, 1e-5)
+  for num_rounds in (1, 10, 60):
+    reference = _poisson_gaussian_epsilon(0.04, 1.1, num_rounds, 1e-5)
     # dp_accounting also uses fractional orders, so it may be a little tighter, never looser.
-    assert 0.97 * reference <= acct.epsilon(rounds) <= reference * (1 + 1e-9), (rounds, acct.epsilon(rounds), reference)
+    eps = acct.epsilon(num_rounds)
+    assert 0.97 * reference <= eps <= reference * (1 + 1e-9), (num_rounds, eps, reference)
   spent = 0
   with pytest.raises(PrivacyBudgetExceeded, match="past the target epsilon"):
     while True:
