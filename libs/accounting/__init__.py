@@ -29,25 +29,13 @@ from libs.accounting.ledger import event_from_dict
 from libs.accounting.ledger import event_to_dict
 from libs.accounting.ledger import PrivacyBudgetExceeded
 from libs.accounting.ledger import PrivacyLedger
+from libs.accounting import pate as _pate
+# The PATE analysis: every public name of `pate` (its __all__), PATE's Renyi orders
+# under a name that cannot be mistaken for DP-SGD's.
+from libs.accounting.pate import *  # pylint: disable=wildcard-import,unused-wildcard-import
 from libs.accounting.pate import DEFAULT_ORDERS as DEFAULT_PATE_ORDERS
-from libs.accounting.pate import gnmax_local_sensitivity
-from libs.accounting.pate import gnmax_log_q
-from libs.accounting.pate import gnmax_rdp
-from libs.accounting.pate import gnmax_rdp_batch
-from libs.accounting.pate import gnmax_smooth_sensitivity
-from libs.accounting.pate import gnss_rdp
-from libs.accounting.pate import lnmax_log_q
-from libs.accounting.pate import lnmax_pure_epsilon
-from libs.accounting.pate import lnmax_rdp
-from libs.accounting.pate import log_pr_answered
-from libs.accounting.pate import noisy_average_rdp
-from libs.accounting.pate import PateLedger
-from libs.accounting.pate import release_data_dependent_epsilon
-from libs.accounting.pate import ReleasedEpsilon
-from libs.accounting.pate import smooth_sensitivity
-from libs.accounting.pate import threshold_local_sensitivity
-from libs.accounting.pate import threshold_rdp
-from libs.accounting.pate import total_local_sensitivity
+
+del DEFAULT_ORDERS  # pylint: disable=undefined-variable
 
 __all__ = [
     "calibrate_event_noise_multiplier",
@@ -59,27 +47,9 @@ __all__ = [
     "epsilon_of_event",
     "event_from_dict",
     "event_to_dict",
-    "gnmax_local_sensitivity",
-    "gnmax_log_q",
-    "gnmax_rdp",
-    "gnmax_rdp_batch",
-    "gnmax_smooth_sensitivity",
-    "gnss_rdp",
-    "lnmax_log_q",
-    "lnmax_pure_epsilon",
-    "lnmax_rdp",
-    "log_pr_answered",
     "make_accountant",
     "NeighboringRelation",
-    "noisy_average_rdp",
-    "PateLedger",
     "poisson_gaussian_event",
     "PrivacyBudgetExceeded",
     "PrivacyLedger",
-    "release_data_dependent_epsilon",
-    "ReleasedEpsilon",
-    "smooth_sensitivity",
-    "threshold_local_sensitivity",
-    "threshold_rdp",
-    "total_local_sensitivity",
-]
+] + [name for name in _pate.__all__ if name != "DEFAULT_ORDERS"]

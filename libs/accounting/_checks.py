@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -59,77 +59,47 @@ def is_int(x: Any) -> bool:
 # -- scalars -------------------------------------------------------------------------------
 
 
-def check_noise_multiplier(noise_multiplier: Any, name: str = "noise_multiplier") -> float:
-  """Returns the noise multiplier as a float; ValueError unless finite and >= 0.
+def _check_real(name: str, value: Any, holds: Callable[[float], bool], requirement: str) -> float:
+  """`value` as a float if it is a finite real number for which `holds`; else ValueError."""
+  if not is_real(value) or not math.isfinite(value) or not holds(value):
+    raise ValueError(f"{name} must be {requirement}, got {value!r}")
+  return float(value)
 
-  0 is a non-private release (epsilon inf), see the module docstring.
+
+def check_noise_multiplier(noise_multiplier: Any, name: str = "noise_multiplier") -> float:
+  """Finite and >= 0; 0 is a non-private release (epsilon inf), see the module docstring.
 
   Example:
     >>> check_noise_multiplier(1)
     1.0
   """
-  if (not is_real(noise_multiplier) or not math.isfinite(noise_multiplier)
-      or noise_multiplier < 0):
-    raise ValueError(f"{name} must be a finite number >= 0, got {noise_multiplier!r}")
-  return float(noise_multiplier)
+  return _check_real(name, noise_multiplier, lambda v: v >= 0, "a finite number >= 0")
 
 
 def check_positive(name: str, value: Any) -> float:
-  """Returns `value` as a float; ValueError unless finite and > 0.
-
-  Example:
-    >>> check_positive("beta", 0.02)
-    0.02
-  """
-  if not is_real(value) or not math.isfinite(value) or value <= 0:
-    raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-  return float(value)
+  """Finite and > 0 (e.g. check_positive("beta", 0.02) == 0.02)."""
+  return _check_real(name, value, lambda v: v > 0, "a finite number > 0")
 
 
 def check_finite(name: str, value: Any) -> float:
-  """Returns `value` as a float; ValueError unless a finite number.
-
-  Example:
-    >>> check_finite("threshold", 150)
-    150.0
-  """
-  if not is_real(value) or not math.isfinite(value):
-    raise ValueError(f"{name} must be a finite number, got {value!r}")
-  return float(value)
+  """Any finite real number (e.g. check_finite("threshold", 150) == 150.0)."""
+  return _check_real(name, value, lambda v: True, "a finite number")
 
 
 def check_epsilon(epsilon: Any, name: str = "target_epsilon") -> float:
-  """Returns an epsilon budget as a float; ValueError unless finite and > 0.
-
-  Example:
-    >>> check_epsilon(8)
-    8.0
-  """
+  """An epsilon budget: finite and > 0 (e.g. check_epsilon(8) == 8.0)."""
   return check_positive(name, epsilon)
 
 
 def check_delta(delta: Any) -> float:
-  """Returns `delta` as a float; ValueError unless in (0, 1).
-
-  Example:
-    >>> check_delta(1e-5)
-    1e-05
-  """
-  if not is_real(delta) or not 0 < delta < 1:
-    raise ValueError(f"delta must be in (0, 1), got {delta!r}")
-  return float(delta)
+  """delta in (0, 1) (e.g. check_delta(1e-5) == 1e-05)."""
+  return _check_real("delta", delta, lambda v: 0 < v < 1, "in (0, 1)")
 
 
 def check_sampling_probability(sampling_probability: Any) -> float:
-  """Returns `sampling_probability` as a float; ValueError unless in (0, 1].
-
-  Example:
-    >>> check_sampling_probability(256 / 60000)
-    0.004266666666666667
-  """
-  if not is_real(sampling_probability) or not 0 < sampling_probability <= 1:
-    raise ValueError(f"sampling_probability must be in (0, 1], got {sampling_probability!r}")
-  return float(sampling_probability)
+  """A sampling probability in (0, 1] (e.g. 256 / 60000)."""
+  return _check_real("sampling_probability", sampling_probability, lambda v: 0 < v <= 1,
+                     "in (0, 1]")
 
 
 def check_count(value: Any, name: str = "steps") -> int:

@@ -264,21 +264,9 @@ def calibrate_noise_multiplier(target_epsilon: float, delta: float, sampling_pro
   steps)` (add/remove-one); the returned sigma always satisfies
   dpsgd_epsilon(sigma, ...) <= target_epsilon (re-checked before returning).
 
-  Args:
-    target_epsilon: epsilon budget, > 0.
-    delta: target delta in (0, 1).
-    sampling_probability: q in (0, 1].
-    steps: number of steps, a positive integer.
-    accountant: "rdp" or "pld".
-    tol: absolute tolerance on sigma (> 0).
-    orders: RDP orders (None: DEFAULT_RDP_ORDERS).
-    pld_discretization: PLD discretisation interval.
-
-  Returns:
-    sigma as a float.
-
-  Raises:
-    ValueError: naming the offending argument (also steps == 0: any sigma works).
+  `sampling_probability` q is in (0, 1] and `steps` a positive integer (0 is an error: any
+  sigma works); the other arguments are `calibrate_event_noise_multiplier`'s. Bad input
+  raises ValueError naming the argument.
 
   Example:
     >>> sigma = calibrate_noise_multiplier(1.0, 1e-5, 0.01, 1000)

@@ -38,6 +38,7 @@ import soundfile as sf
 import tensorflow_datasets as tfds
 import tqdm
 
+from libs.data import schema
 from libs.data import tfds_compat
 
 tfds_compat.enable()
@@ -237,14 +238,10 @@ class LibrispeechLocal(tfds.core.GeneratorBasedBuilder):
     return tfds.core.DatasetInfo(
         builder=self,
         description=__doc__,
-        features=tfds.features.FeaturesDict({
-            "audio": tfds.features.Tensor(shape=(None,), dtype=np.int16),
-            "transcript": tfds.features.Text(),
-            "utterance_id": tfds.features.Text(),
-            "speaker_id": tfds.features.Tensor(shape=(), dtype=np.int32),
-            "chapter_id": tfds.features.Tensor(shape=(), dtype=np.int32),
-            "gender": tfds.features.Text(),
-        }),
+        features=schema.utterance_features(
+            chapter_id=schema.scalar(np.int32),
+            gender=tfds.features.Text(),
+        ),
         supervised_keys=("audio", "transcript"),
         homepage="https://www.openslr.org/12",
         citation="""@inproceedings{panayotov2015librispeech,

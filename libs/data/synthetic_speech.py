@@ -32,6 +32,7 @@ import tensorflow_datasets as tfds
 import tqdm
 
 from libs.data import corpus
+from libs.data import schema
 from libs.data import tfds_compat
 
 tfds_compat.enable()
@@ -42,28 +43,27 @@ class SyntheticSpeechConfig(tfds.core.BuilderConfig):
   spec: corpus.CorpusSpec = dataclasses.field(default_factory=corpus.CorpusSpec)
 
 
+def _config(name: str, description: str, **spec: object) -> SyntheticSpeechConfig:
+  return SyntheticSpeechConfig(name=name, description=description, spec=corpus.CorpusSpec(**spec))
+
+
 BUILDER_CONFIGS = (
-    SyntheticSpeechConfig(
-        name="digits", description="Connected digit strings; the quick configuration.",
-        spec=corpus.CorpusSpec(grammar="digits", train_speakers=40,
-                               train_utterances_per_speaker=60, eval_utterances_per_speaker=25)),
-    SyntheticSpeechConfig(
-        name="digits_large", description="Digits with 160 training speakers, for PATE (teachers need data).",
-        spec=corpus.CorpusSpec(grammar="digits", train_speakers=160,
-                               train_utterances_per_speaker=40, eval_utterances_per_speaker=25)),
-    SyntheticSpeechConfig(
-        name="digits_many", description="Digits with 640 training speakers of 10 utterances each (6400), for PATE.",
-        spec=corpus.CorpusSpec(grammar="digits", train_speakers=640,
-                               train_utterances_per_speaker=10, eval_utterances_per_speaker=25)),
-    SyntheticSpeechConfig(
-        name="sentences", description="Voice-assistant commands and questions, ~480 words.",
-        spec=corpus.CorpusSpec(grammar="sentences", train_speakers=60,
-                               train_utterances_per_speaker=100, eval_utterances_per_speaker=30)),
-    SyntheticSpeechConfig(
-        name="tiny", description="A few digit utterances per split, for tests.",
-        spec=corpus.CorpusSpec(grammar="digits", train_speakers=7, dev_speakers_per_accent=1,
-                               test_speakers_per_accent=1, train_utterances_per_speaker=4,
-                               eval_utterances_per_speaker=2)),
+    _config("digits", "Connected digit strings; the quick configuration.",
+            grammar="digits", train_speakers=40, train_utterances_per_speaker=60,
+            eval_utterances_per_speaker=25),
+    _config("digits_large", "Digits with 160 training speakers, for PATE (teachers need data).",
+            grammar="digits", train_speakers=160, train_utterances_per_speaker=40,
+            eval_utterances_per_speaker=25),
+    _config("digits_many", "Digits with 640 training speakers of 10 utterances each (6400), for PATE.",
+            grammar="digits", train_speakers=640, train_utterances_per_speaker=10,
+            eval_utterances_per_speaker=25),
+    _config("sentences", "Voice-assistant commands and questions, ~480 words.",
+            grammar="sentences", train_speakers=60, train_utterances_per_speaker=100,
+            eval_utterances_per_speaker=30),
+    _config("tiny", "A few digit utterances per split, for tests.",
+            grammar="digits", train_speakers=7, dev_speakers_per_accent=1,
+            test_speakers_per_accent=1, train_utterances_per_speaker=4,
+            eval_utterances_per_speaker=2),
 )
 
 
@@ -99,21 +99,17 @@ class SyntheticSpeech(tfds.core.GeneratorBasedBuilder):
     return tfds.core.DatasetInfo(
         builder=self,
         description=__doc__,
-        features=tfds.features.FeaturesDict({
-            "audio": tfds.features.Tensor(shape=(None,), dtype=np.int16),
-            "transcript": tfds.features.Text(),
-            "utterance_id": tfds.features.Text(),
-            "speaker_id": tfds.features.Tensor(shape=(), dtype=np.int32),
-            "accent": tfds.features.Text(),
-            "gender": tfds.features.Text(),
-            "voice": tfds.features.Text(),
-            "latitude": tfds.features.Tensor(shape=(), dtype=np.float32),
-            "longitude": tfds.features.Tensor(shape=(), dtype=np.float32),
-            "region": tfds.features.Text(),
-            "channel": tfds.features.Text(),
-            "snr_db": tfds.features.Tensor(shape=(), dtype=np.float32),
-            "gain_db": tfds.features.Tensor(shape=(), dtype=np.float32),
-        }),
+        features=schema.utterance_features(
+            accent=tfds.features.Text(),
+            gender=tfds.features.Text(),
+            voice=tfds.features.Text(),
+            latitude=schema.scalar(np.float32),
+            longitude=schema.scalar(np.float32),
+            region=tfds.features.Text(),
+            channel=tfds.features.Text(),
+            snr_db=schema.scalar(np.float32),
+            gain_db=schema.scalar(np.float32),
+        ),
         supervised_keys=("audio", "transcript"),
         homepage="https://github.com/espeak-ng/espeak-ng",
         metadata=tfds.core.MetadataDict(sample_rate=corpus.SAMPLE_RATE),

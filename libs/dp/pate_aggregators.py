@@ -98,52 +98,39 @@ def _argmax(x: jax.Array) -> jax.Array:
   return jnp.argmax(x, axis=-1).astype(jnp.int32)
 
 
+def _noisy_argmax(votes: Any, key: jax.Array, name: str, std: Any, sample: Any) -> jax.Array:
+  """argmax of votes + std * sample(key): the body of LNMax and GNMax."""
+  _check_noise_param(name, std)
+  votes = _float_votes(votes)
+  return _argmax(votes + std * sample(key, votes.shape, votes.dtype))
+
+
 def lnmax(votes: Any, key: jax.Array, *, scale: Any) -> jax.Array:
   """Laplacian noisy max (LNMax, Papernot et al. 2017): argmax of votes + Laplace(0, scale).
 
-  Each entry of the histogram gets i.i.d. Laplace noise. One changed teacher moves the
-  histogram by 2 in L1, so each answer is (2 / scale)-DP.
-
-  Args:
-    votes: [Q, C] vote counts.
-    key: PRNG key.
-    scale: Laplace scale b >= 0 (0: no noise).
-
-  Returns:
-    [Q] int32 labels.
+  Each entry of the [Q, C] histogram gets i.i.d. Laplace noise of scale b = `scale` >= 0
+  (0: no noise); returns [Q] int32 labels. One changed teacher moves the histogram by 2
+  in L1, so each answer is (2 / scale)-DP.
 
   Example:
     >>> lnmax(jnp.array([[10, 8, 3]]), jax.random.key(0), scale=2.0)
     Array([0], dtype=int32)
   """
-  _check_noise_param("scale", scale)
-  votes = _float_votes(votes)
-  noise = jax.random.laplace(key, votes.shape, votes.dtype)
-  return _argmax(votes + scale * noise)
+  return _noisy_argmax(votes, key, "scale", scale, jax.random.laplace)
 
 
 def gnmax(votes: Any, key: jax.Array, *, sigma: Any) -> jax.Array:
   """Gaussian noisy max (GNMax, Papernot et al. 2018): argmax of votes + N(0, sigma^2).
 
-  One changed teacher moves the histogram by sqrt(2) in L2; the data-independent
-  guarantee of each answer is (alpha, alpha / sigma^2)-RDP.
-
-  Args:
-    votes: [Q, C] vote counts.
-    key: PRNG key.
-    sigma: noise std >= 0 (0: no noise).
-
-  Returns:
-    [Q] int32 labels.
+  `sigma` >= 0 is the noise std (0: no noise); returns [Q] int32 labels. One changed
+  teacher moves the histogram by sqrt(2) in L2; the data-independent guarantee of each
+  answer is (alpha, alpha / sigma^2)-RDP.
 
   Example:
     >>> gnmax(jnp.array([[10, 8, 3]]), jax.random.key(0), sigma=3.0)
     Array([0], dtype=int32)
   """
-  _check_noise_param("sigma", sigma)
-  votes = _float_votes(votes)
-  noise = jax.random.normal(key, votes.shape, votes.dtype)
-  return _argmax(votes + sigma * noise)
+  return _noisy_argmax(votes, key, "sigma", sigma, jax.random.normal)
 
 
 def confident_gnmax(votes: Any, key: jax.Array, *, threshold: Any, sigma_threshold: Any,

@@ -206,23 +206,8 @@ class PoissonSampler(_Sampler):
     return _self_composed(event, _checks.check_count(steps, "steps"))
 
 
-class FixedSizeSampler(_Sampler):
-  """Each step an independent uniformly random subset of exactly B examples (no replacement).
-
-  dp_accounting's RDP accountant analyses `SampledWithoutReplacementDpEvent` (Wang, Balle
-  and Kasiviswanathan 2019) only under the replace-one neighbouring relation (N is public),
-  so the resulting epsilon is for replace-one, unlike Poisson's add/remove-one: the two
-  epsilons are not directly comparable. Replacing one example moves the sum of clipped
-  gradients by up to 2C, so the event's Gaussian noise multiplier is sigma / 2 (as in
-  jax_privacy's fixed-batch-size accounting).
-
-  Example:
-    >>> sampler = FixedSizeSampler(1000, 50, seed=0)
-    >>> sampler.indices(3)  # 50 distinct sorted indices
-    >>> accountant = dp_accounting.rdp.RdpAccountant(
-    ...     neighboring_relation=sampler.accountant_neighboring_relation)
-    >>> accountant.compose(sampler.dp_event(1.0, steps=100)).get_epsilon(1e-5)
-  """
+class _FixedBatchSampler(_Sampler):
+  """A sampler whose every batch holds exactly `batch_size` examples."""
 
   def __init__(self, num_examples: int, batch_size: int, *, seed: int):
     """Initialises the sampler.
@@ -243,6 +228,25 @@ class FixedSizeSampler(_Sampler):
   def expected_batch_size(self) -> float:
     return float(self._batch_size)
 
+
+class FixedSizeSampler(_FixedBatchSampler):
+  """Each step an independent uniformly random subset of exactly B examples (no replacement).
+
+  dp_accounting's RDP accountant analyses `SampledWithoutReplacementDpEvent` (Wang, Balle
+  and Kasiviswanathan 2019) only under the replace-one neighbouring relation (N is public),
+  so the resulting epsilon is for replace-one, unlike Poisson's add/remove-one: the two
+  epsilons are not directly comparable. Replacing one example moves the sum of clipped
+  gradients by up to 2C, so the event's Gaussian noise multiplier is sigma / 2 (as in
+  jax_privacy's fixed-batch-size accounting).
+
+  Example:
+    >>> sampler = FixedSizeSampler(1000, 50, seed=0)
+    >>> sampler.indices(3)  # 50 distinct sorted indices
+    >>> accountant = dp_accounting.rdp.RdpAccountant(
+    ...     neighboring_relation=sampler.accountant_neighboring_relation)
+    >>> accountant.compose(sampler.dp_event(1.0, steps=100)).get_epsilon(1e-5)
+  """
+
   @property
   def accountant_neighboring_relation(self) -> NeighboringRelation:
     return NeighboringRelation.REPLACE_ONE
@@ -257,7 +261,7 @@ class FixedSizeSampler(_Sampler):
     return _self_composed(event, _checks.check_count(steps, "steps"))
 
 
-class ShufflingSampler(_Sampler):
+class ShufflingSampler(_FixedBatchSampler):
   """Epoch-wise random permutation cut into fixed-size batches (the remainder is dropped).
 
   Privacy accounting: dp-accounting has no amplification-by-shuffling analysis, and the
@@ -280,25 +284,11 @@ class ShufflingSampler(_Sampler):
   """
 
   def __init__(self, num_examples: int, batch_size: int, *, seed: int):
-    """Initialises the sampler.
-
-    Args:
-      num_examples: dataset size N >= 1.
-      batch_size: B in [1, N]; the last N mod B examples of each permutation are dropped.
-      seed: non-negative int; epoch e's permutation is a function of (seed, e).
-    """
-    super().__init__(num_examples, seed)
-    self._batch_size = _checks.check_int("batch_size", batch_size, 1, self._num_examples)
+    """As `FixedSizeSampler`; epoch e's permutation is a function of (seed, e), and its
+    last N mod B examples are dropped."""
+    super().__init__(num_examples, batch_size, seed=seed)
     self._cached_epoch: int | None = None
     self._cached_permutation: np.ndarray | None = None
-
-  @property
-  def batch_size(self) -> int:
-    return self._batch_size
-
-  @property
-  def expected_batch_size(self) -> float:
-    return float(self._batch_size)
 
   @property
   def steps_per_epoch(self) -> int:

@@ -61,33 +61,42 @@ def _check_lengths(name: str, x: jnp.ndarray, batch: int) -> None:
     raise ValueError(f'{name} must be an integer array, got {x.dtype}.')
 
 
-def _check_rnnt_args(logits: jnp.ndarray, logit_lengths: jnp.ndarray,
-                     labels: jnp.ndarray, label_lengths: jnp.ndarray,
-                     blank_id: int) -> None:
-  """Raises ValueError (naming the argument) on inconsistent shapes/dtypes."""
-  if logits.ndim != 4:
-    raise ValueError('logits must be rank 4 [B, T, U + 1, V], got shape '
-                     f'{logits.shape}.')
+def _checked(logits: Any, logit_lengths: Any, labels: Any, label_lengths: Any,
+             blank_id: int, *, transducer: bool) -> tuple[jnp.ndarray, ...]:
+  """The four arrays; ValueError (naming the argument) if inconsistent.
+
+  The transducer's logits are [B, T, U + 1, V] and its labels [B, U]; CTC's
+  logits are [B, T, V] and its labels [B, N] for any N.
+  """
+  logits, logit_lengths, labels, label_lengths = _as_arrays(
+      logits, logit_lengths, labels, label_lengths)
+  rank, layout = (4, '[B, T, U + 1, V]') if transducer else (3, '[B, T, V]')
+  if logits.ndim != rank:
+    raise ValueError(
+        f'logits must be rank {rank} {layout}, got shape {logits.shape}.')
   if not jnp.issubdtype(logits.dtype, jnp.floating):
     raise ValueError(f'logits must be floating point, got {logits.dtype}.')
-  batch, max_t, max_u1, vocab = logits.shape
-  if max_t < 1 or max_u1 < 1 or vocab < 1:
+  batch, vocab = logits.shape[0], logits.shape[-1]
+  if transducer and min(logits.shape[1:]) < 1:
     raise ValueError(f'logits must have non-empty T, U + 1 and V dimensions, '
                      f'got shape {logits.shape}.')
+  label_layout = '[B, U]' if transducer else '[B, N]'
   if labels.ndim != 2:
-    raise ValueError(f'labels must be rank 2 [B, U], got shape {labels.shape}.')
+    raise ValueError(
+        f'labels must be rank 2 {label_layout}, got shape {labels.shape}.')
   if not jnp.issubdtype(labels.dtype, jnp.integer):
     raise ValueError(f'labels must be an integer array, got {labels.dtype}.')
   if labels.shape[0] != batch:
     raise ValueError(f'labels batch size {labels.shape[0]} must equal logits '
                      f'batch size {batch}.')
-  if labels.shape[1] != max_u1 - 1:
+  if transducer and labels.shape[1] != logits.shape[2] - 1:
     raise ValueError(f'labels.shape[1] ({labels.shape[1]}) must equal '
-                     f'logits.shape[2] - 1 ({max_u1 - 1}).')
+                     f'logits.shape[2] - 1 ({logits.shape[2] - 1}).')
   _check_lengths('logit_lengths', logit_lengths, batch)
   _check_lengths('label_lengths', label_lengths, batch)
   if not 0 <= blank_id < vocab:
     raise ValueError(f'blank_id must be in [0, V={vocab}), got {blank_id}.')
+  return logits, logit_lengths, labels, label_lengths
 
 
 def _prepare(
@@ -316,9 +325,8 @@ def rnnt_loss(logits: jnp.ndarray,
     ...     x, jnp.array([5]), jnp.array([[1, 2]]), jnp.array([2])).sum())(
     ...         logits)
   """
-  logits, logit_lengths, labels, label_lengths = _as_arrays(
-      logits, logit_lengths, labels, label_lengths)
-  _check_rnnt_args(logits, logit_lengths, labels, label_lengths, blank_id)
+  logits, logit_lengths, labels, label_lengths = _checked(
+      logits, logit_lengths, labels, label_lengths, blank_id, transducer=True)
   return _rnnt_nll(logits, logit_lengths, labels, label_lengths, blank_id)
 
 
@@ -351,9 +359,8 @@ def rnnt_loss_naive(logits: jnp.ndarray,
     ...                 jnp.array([1])).shape
     (1,)
   """
-  logits, logit_lengths, labels, label_lengths = _as_arrays(
-      logits, logit_lengths, labels, label_lengths)
-  _check_rnnt_args(logits, logit_lengths, labels, label_lengths, blank_id)
+  logits, logit_lengths, labels, label_lengths = _checked(
+      logits, logit_lengths, labels, label_lengths, blank_id, transducer=True)
   batch, max_t, max_u1, _ = logits.shape
   x, labels_ext, t_len, u_len, _, blank_ok, emit_ok = _prepare(
       logits, logit_lengths, labels, label_lengths)
@@ -410,13 +417,11 @@ def ctc_loss(logits: jnp.ndarray,
     logit_lengths: [B] int, valid frames per example.
     labels: [B, N] int label ids (no blanks), right-padded.
     label_lengths: [B] int, valid labels per example.
-    blank_id: index of the blank symbol in V.
+    blank_id: the blank's index in V.
 
   Returns:
-    [B] float32 loss in nats per example.
-
-  Raises:
-    ValueError: if shapes or dtypes are inconsistent (names the argument).
+    [B] float32 loss in nats per example; ValueError naming the argument if
+    shapes or dtypes are inconsistent.
 
   Example:
     >>> logits = jnp.zeros((2, 6, 5))
@@ -424,25 +429,9 @@ def ctc_loss(logits: jnp.ndarray,
     ...          jnp.array([2, 1])).shape
     (2,)
   """
-  logits, logit_lengths, labels, label_lengths = _as_arrays(
-      logits, logit_lengths, labels, label_lengths)
-  if logits.ndim != 3:
-    raise ValueError(
-        f'logits must be rank 3 [B, T, V], got shape {logits.shape}.')
-  if not jnp.issubdtype(logits.dtype, jnp.floating):
-    raise ValueError(f'logits must be floating point, got {logits.dtype}.')
-  batch, max_t, vocab = logits.shape
-  if labels.ndim != 2:
-    raise ValueError(f'labels must be rank 2 [B, N], got shape {labels.shape}.')
-  if not jnp.issubdtype(labels.dtype, jnp.integer):
-    raise ValueError(f'labels must be an integer array, got {labels.dtype}.')
-  if labels.shape[0] != batch:
-    raise ValueError(f'labels batch size {labels.shape[0]} must equal logits '
-                     f'batch size {batch}.')
-  _check_lengths('logit_lengths', logit_lengths, batch)
-  _check_lengths('label_lengths', label_lengths, batch)
-  if not 0 <= blank_id < vocab:
-    raise ValueError(f'blank_id must be in [0, V={vocab}), got {blank_id}.')
+  logits, logit_lengths, labels, label_lengths = _checked(
+      logits, logit_lengths, labels, label_lengths, blank_id, transducer=False)
+  max_t = logits.shape[1]
   dtype = jnp.promote_types(logits.dtype, jnp.float32)
   frame_pad = jnp.arange(max_t)[None, :] >= logit_lengths[:, None]
   label_pad = jnp.arange(labels.shape[1])[None, :] >= label_lengths[:, None]

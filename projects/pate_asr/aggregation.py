@@ -194,6 +194,17 @@ def _record(s: dict, out: dict, votes, symbol, answered, querying, emit, pred_st
   return out
 
 
+def _output_state(enc_lens: jax.Array, capacity: int, max_queries: int, vocab: int) -> dict:
+  """The per-utterance part of a decode state, shared by both decoders: released tokens,
+  the vote record of every query, done/failed flags and the loop counter."""
+  batch = enc_lens.shape[0]
+  return dict(
+      tokens=jnp.zeros((batch, capacity), jnp.int32), count=jnp.zeros(batch, jnp.int32),
+      done=enc_lens <= 0, failed=jnp.zeros(batch, bool), q=jnp.zeros(batch, jnp.int32),
+      votes=jnp.zeros((batch, max_queries, vocab), jnp.int32), answered=jnp.zeros((batch, max_queries), bool),
+      it=jnp.zeros((), jnp.int32))
+
+
 def _build_decode(model: transducer_lib.Transducer, max_symbols_per_frame: int):
   blank = model.config.blank_id
   vocab = model.config.vocab_size
@@ -207,10 +218,7 @@ def _build_decode(model: transducer_lib.Transducer, max_symbols_per_frame: int):
     rows = jnp.arange(batch)
     state = dict(
         carry=carry, pred=pred_proj(params, h), t=jnp.zeros(batch, jnp.int32), nsym=jnp.zeros(batch, jnp.int32),
-        tokens=jnp.zeros((batch, capacity), jnp.int32), count=jnp.zeros(batch, jnp.int32),
-        done=enc_lens <= 0, failed=jnp.zeros(batch, bool), q=jnp.zeros(batch, jnp.int32),
-        votes=jnp.zeros((batch, max_queries, vocab), jnp.int32), answered=jnp.zeros((batch, max_queries), bool),
-        it=jnp.zeros((), jnp.int32))
+        **_output_state(enc_lens, capacity, max_queries, vocab))
 
     def cond(s):
       return jnp.any(~s["done"]) & (s["it"] < max_queries + frames)
@@ -275,10 +283,7 @@ def _build_label_sync_decode(model: transducer_lib.Transducer, max_symbols_per_f
     state = dict(
         carry=carry, pred=pred_proj(params, h), t=jnp.zeros(kb, jnp.int32), nsym=jnp.zeros(kb, jnp.int32),
         pending=jnp.zeros(kb, bool), prop=jnp.zeros(kb, jnp.int32), probs=jnp.zeros(kb + (vocab,)),
-        tokens=jnp.zeros((batch, capacity), jnp.int32), count=jnp.zeros(batch, jnp.int32),
-        done=enc_lens <= 0, failed=jnp.zeros(batch, bool), q=jnp.zeros(batch, jnp.int32),
-        votes=jnp.zeros((batch, max_queries, vocab), jnp.int32), answered=jnp.zeros((batch, max_queries), bool),
-        it=jnp.zeros((), jnp.int32))
+        **_output_state(enc_lens, capacity, max_queries, vocab))
 
     def cond(s):
       return jnp.any(~s["done"]) & (s["it"] < frames + 2 * max_queries + 2)
