@@ -7,12 +7,17 @@ pitch range and a speaking rate, plus a home location drawn around the accent's 
 region. Every utterance then gets its own recording condition: a channel (clean, a
 short synthetic room impulse response, or telephone band-limiting), additive noise of a
 random colour at a random SNR, and a gain. Everything derives from
-`np.random.default_rng((seed, speaker_id, ...))`, so generation is deterministic.
+`np.random.default_rng((seed, speaker_id, ...))`, and espeak-ng is reset to its
+start-up state before every speaker (`libs.data.espeak.Synthesizer.reset`), so a
+speaker's audio is the same to the byte whichever process synthesizes it and whatever
+it synthesized before.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
 from typing import Sequence
 
 import numpy as np
@@ -73,7 +78,26 @@ class Speaker:
 
 @dataclasses.dataclass(frozen=True)
 class CorpusSpec:
-  """What to generate; the TFDS builder configs are instances of this."""
+  """What to generate; the TFDS builder configs are instances of this.
+
+  Attributes:
+    grammar: name of a transcript grammar in `libs.data.grammar.GRAMMARS`.
+    train_speakers: training speakers, split over the accents by their `train_share`
+      (renormalised over `accents`).
+    dev_speakers_per_accent: dev speakers of every generated accent.
+    test_speakers_per_accent: test speakers of every generated accent.
+    train_utterances_per_speaker: utterances of every training speaker.
+    eval_utterances_per_speaker: utterances of every dev and test speaker.
+    snr_db: (low, high) range of the uniform signal-to-noise ratio, in dB.
+    seed: root seed of speakers, transcripts and recording conditions.
+    accents: names (from `ACCENT_NAMES`) of the accents to generate; () generates all.
+      A speaker's voice depends only on the seed, split, accent and its index within
+      the accent, not on which other accents are generated.
+    channel_probs: probabilities of the `CHANNELS` (clean, room, telephone); None for
+      the default mix (0.6, 0.25, 0.15).
+    speaker_id_offset: added to every speaker id (ids are otherwise 0, 1, ...), so that
+      corpora meant to be used together have disjoint speaker ids.
+  """
   grammar: str = "digits"
   train_speakers: int = 40
   dev_speakers_per_accent: int = 1
@@ -82,6 +106,9 @@ class CorpusSpec:
   eval_utterances_per_speaker: int = 30
   snr_db: tuple[float, float] = (10.0, 35.0)
   seed: int = 0
+  accents: tuple[str, ...] = ()
+  channel_probs: tuple[float, float, float] | None = None
+  speaker_id_offset: int = 0
 
   def __post_init__(self):
     if self.grammar not in grammar_lib.GRAMMARS:
@@ -95,6 +122,33 @@ class CorpusSpec:
     lo, hi = self.snr_db
     if not lo <= hi:
       raise ValueError(f"snr_db must be (low, high) with low <= high, got {self.snr_db}")
+    if isinstance(self.accents, str):
+      raise ValueError(f"accents must be a tuple of accent names, not the string {self.accents!r}")
+    object.__setattr__(self, "accents", tuple(self.accents))
+    unknown = [a for a in self.accents if a not in ACCENT_NAMES]
+    if unknown:
+      raise ValueError(f"accents must be among {ACCENT_NAMES}, got unknown {unknown}")
+    if len(set(self.accents)) != len(self.accents):
+      raise ValueError(f"accents must not repeat, got {self.accents}")
+    if self.channel_probs is not None:
+      probs = tuple(self.channel_probs)
+      if (len(probs) != len(CHANNELS) or not all(math.isfinite(p) and p >= 0 for p in probs)
+          or abs(sum(probs) - 1.0) > 1e-6):
+        raise ValueError(f"channel_probs must be {len(CHANNELS)} non-negative probabilities of "
+                         f"{CHANNELS} summing to 1, got {self.channel_probs}")
+      object.__setattr__(self, "channel_probs", tuple(float(p) for p in probs))
+    if isinstance(self.speaker_id_offset, bool) or not isinstance(self.speaker_id_offset, int):
+      raise ValueError(f"speaker_id_offset must be an int, got {self.speaker_id_offset!r}")
+    total = (self.train_speakers + (self.dev_speakers_per_accent + self.test_speakers_per_accent)
+             * len(self.accents or ACCENT_NAMES))
+    if not 0 <= self.speaker_id_offset <= 2**31 - 1 - total:
+      raise ValueError(f"speaker_id_offset must be in [0, {2**31 - 1 - total}] so that the "
+                       f"{total} speaker ids fit in int32, got {self.speaker_id_offset}")
+
+  @property
+  def accent_indices(self) -> tuple[int, ...]:
+    """Indices into `ACCENTS` of the generated accents, in `ACCENTS` order."""
+    return tuple(i for i, a in enumerate(ACCENTS) if not self.accents or a.name in self.accents)
 
 
 def allocate(total: int, shares: Sequence[float]) -> list[int]:
@@ -114,16 +168,18 @@ def allocate(total: int, shares: Sequence[float]) -> list[int]:
 
 def make_speakers(spec: CorpusSpec) -> dict[str, list[Speaker]]:
   """All speakers of the corpus by split; ids are unique across splits."""
+  indices = spec.accent_indices
   per_split = {
-      "train": allocate(spec.train_speakers, [a.train_share for a in ACCENTS]),
-      "dev": [spec.dev_speakers_per_accent] * len(ACCENTS),
-      "test": [spec.test_speakers_per_accent] * len(ACCENTS),
+      "train": allocate(spec.train_speakers, [ACCENTS[i].train_share for i in indices]),
+      "dev": [spec.dev_speakers_per_accent] * len(indices),
+      "test": [spec.test_speakers_per_accent] * len(indices),
   }
   speakers: dict[str, list[Speaker]] = {}
-  next_id = 0
+  next_id = spec.speaker_id_offset
   for split_index, (split, counts) in enumerate(per_split.items()):
     speakers[split] = []
-    for accent_index, (accent, count) in enumerate(zip(ACCENTS, counts)):
+    for accent_index, count in zip(indices, counts):
+      accent = ACCENTS[accent_index]
       for k in range(count):
         rng = np.random.default_rng((spec.seed, 1, split_index, accent_index, k))
         # Alternate genders within an accent so no accent is single-gender by chance.
@@ -170,21 +226,54 @@ def _room_impulse(rng: np.random.Generator) -> tuple[np.ndarray, float]:
   return rir, rt60
 
 
+@functools.lru_cache(maxsize=8)
+def _resampling_filter(up: int, down: int) -> np.ndarray:
+  """The low-pass FIR filter `signal.resample_poly(x, up, down)` designs on every call.
+
+  Designing it once per rate pair (an 8821-tap Kaiser window for 22050 -> 16000 Hz) and
+  passing it as `window` gives the same output, without the per-utterance design.
+  """
+  max_rate = max(up, down)
+  half_len = 10 * max_rate
+  taps = signal.firwin(2 * half_len + 1, 1.0 / max_rate, window=("kaiser", 5.0))
+  taps.flags.writeable = False
+  return taps
+
+
+def resample(x: np.ndarray, source_rate: int, target_rate: int = SAMPLE_RATE) -> np.ndarray:
+  """Polyphase resampling of float64 `x`, as `signal.resample_poly` with its default filter."""
+  g = math.gcd(target_rate, source_rate)
+  up, down = target_rate // g, source_rate // g
+  if up == down:
+    return np.array(x, np.float64)
+  return signal.resample_poly(x, up, down, window=_resampling_filter(up, down))
+
+
 _TELEPHONE_SOS = signal.butter(4, (300.0, 3400.0), btype="bandpass", fs=SAMPLE_RATE, output="sos")
 
 
 def record(
-    rng: np.random.Generator, speech: np.ndarray, source_rate: int, snr_range: tuple[float, float]
+    rng: np.random.Generator,
+    speech: np.ndarray,
+    source_rate: int,
+    snr_range: tuple[float, float],
+    channel_probs: Sequence[float] | None = None,
 ) -> tuple[np.ndarray, dict]:
   """Resamples clean synthetic speech to 16 kHz and applies a random recording condition.
+
+  Args:
+    rng: the utterance's generator; every draw of the condition comes from it.
+    speech: int16 samples at `source_rate`.
+    source_rate: sample rate of `speech`, in Hz.
+    snr_range: (low, high) of the uniform SNR, in dB.
+    channel_probs: probabilities of `CHANNELS`; None for the default mix.
 
   Returns:
     (int16 audio at 16 kHz, condition metadata).
   """
-  x = speech.astype(np.float64) / 32768.0
-  g = np.gcd(SAMPLE_RATE, source_rate)
-  x = signal.resample_poly(x, SAMPLE_RATE // g, source_rate // g)
-  channel = CHANNELS[rng.choice(len(CHANNELS), p=_CHANNEL_PROBS)]
+  x = resample(speech.astype(np.float64) / 32768.0, source_rate)
+  probs = _CHANNEL_PROBS if channel_probs is None else channel_probs
+  channel = CHANNELS[rng.choice(len(CHANNELS), p=probs)]
   if channel == "room":
     rir, _ = _room_impulse(rng)
     x = signal.fftconvolve(x, rir)[: len(x) + len(rir) // 4]
@@ -212,11 +301,13 @@ def utterance_id(speaker: Speaker, index: int) -> str:
 def synthesize_speaker(spec: CorpusSpec, speaker: Speaker, num_utterances: int) -> list[tuple[str, dict]]:
   """All utterances of one speaker as (key, example) pairs, in order.
 
-  Meant to run in a fresh process (see `libs.data.espeak` on espeak-ng's hidden state).
+  Resets espeak-ng first (see `libs.data.espeak` on its hidden state), so the result
+  depends only on the arguments: not on the process, nor on what it synthesized before.
   """
   from libs.data import espeak  # pylint: disable=import-outside-toplevel
 
   synth = espeak.Synthesizer()
+  synth.reset()
   make_text = grammar_lib.GRAMMARS[spec.grammar]
   examples = []
   for index in range(num_utterances):
@@ -225,7 +316,7 @@ def synthesize_speaker(spec: CorpusSpec, speaker: Speaker, num_utterances: int) 
     rate = int(round(speaker.rate * rng.uniform(0.93, 1.07)))
     clean = synth.synthesize(text, voice=speaker.voice, rate=rate, pitch=speaker.pitch,
                              pitch_range=speaker.pitch_range, seed=int(rng.integers(2**31)))
-    audio, condition = record(rng, clean, synth.sample_rate, spec.snr_db)
+    audio, condition = record(rng, clean, synth.sample_rate, spec.snr_db, spec.channel_probs)
     key = utterance_id(speaker, index)
     examples.append((key, {
         "audio": audio,
@@ -243,3 +334,9 @@ def synthesize_speaker(spec: CorpusSpec, speaker: Speaker, num_utterances: int) 
         "gain_db": np.float32(condition["gain_db"]),
     }))
   return examples
+
+
+def synthesize_task(task: tuple[CorpusSpec, Speaker, int]) -> list[tuple[str, dict]]:
+  """`synthesize_speaker(*task)`, for worker pools (lives here so that workers need not
+  import the TFDS builder module)."""
+  return synthesize_speaker(*task)

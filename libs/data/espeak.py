@@ -7,19 +7,27 @@ determinism:
   * its own random generator (breathiness noise of variants such as +f2, +f3, +f5) is
     seeded before every utterance (`espeak_ng_SetRandSeed`);
   * it keeps hidden state between utterances (the waveform generator carries phase and
-    flutter counters over), so the corpus builder synthesizes each speaker in a fresh
-    process and always in the same order.
+    flutter counters over in static variables of the C library, which neither
+    `espeak_Terminate` + `espeak_Initialize` nor selecting the voice again resets).
+    `Synthesizer.reset` therefore unloads the library (`dlclose`, after checking that
+    nothing else in the process holds it) and loads it again, which maps its static
+    data afresh from the file: the engine is then exactly as in a newly started
+    process, at the cost of a few milliseconds. The corpus builder resets before every
+    speaker and synthesizes a speaker's utterances always in the same order.
 
 Example:
   >>> synth = Synthesizer()
   >>> audio = synth.synthesize("three four", voice="en-us+f2", rate=170, pitch=60)
   >>> audio.dtype, synth.sample_rate
   (dtype('int16'), 22050)
+  >>> synth.reset()   # the next utterance sounds as in a fresh process
 """
 
 from __future__ import annotations
 
+import _ctypes
 import ctypes
+import os
 import threading
 
 import numpy as np
@@ -45,6 +53,16 @@ class EspeakError(RuntimeError):
   """espeak-ng returned an error code."""
 
 
+def _is_loaded(path: str) -> bool:
+  """Whether the shared library at `path` is loaded in this process (without loading it)."""
+  try:
+    handle = _ctypes.dlopen(path, os.RTLD_NOLOAD | os.RTLD_LAZY)
+  except OSError:
+    return False
+  _ctypes.dlclose(handle)
+  return True
+
+
 class Synthesizer:
   """One espeak-ng engine per process (the C library is a process singleton)."""
 
@@ -56,20 +74,56 @@ class Synthesizer:
       if _instance is not None:
         self.__dict__ = _instance.__dict__
         return
-      self._lib = ctypes.CDLL(espeakng_loader.get_library_path())
-      self._lib.espeak_Initialize.restype = ctypes.c_int
-      self._lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
-      self._lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
-      data_path = espeakng_loader.get_data_path().encode()
-      rate = self._lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, data_path, 0)
-      if rate <= 0:
-        raise EspeakError(f"espeak_Initialize failed for data path {data_path!r}")
-      self.sample_rate = int(rate)
+      self._path = espeakng_loader.get_library_path()
+      self._data_path = espeakng_loader.get_data_path().encode()
       self._chunks: list[np.ndarray] = []
       # Keep a reference: ctypes callbacks must outlive their registration.
       self._callback = _CALLBACK(self._on_samples)
-      self._lib.espeak_SetSynthCallback(self._callback)
+      self._load()
       _instance = self
+
+  def _load(self):
+    """Loads and initializes the library; the caller holds `_lock`."""
+    lib = ctypes.CDLL(self._path)
+    lib.espeak_Initialize.restype = ctypes.c_int
+    lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
+    lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
+    rate = lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, self._data_path, 0)
+    if rate <= 0:
+      raise EspeakError(f"espeak_Initialize failed for data path {self._data_path!r}")
+    self.sample_rate = int(rate)
+    lib.espeak_SetSynthCallback(self._callback)
+    self._lib = lib
+    self._used = False  # No utterance since the library was loaded: its state is fresh.
+
+  def reset(self) -> None:
+    """Puts the engine back in the state of a freshly started process.
+
+    Unloads the C library and loads it again, so its static variables (the hidden
+    state carried between utterances) start from their initial values. A no-op when
+    nothing was synthesized since the last load.
+
+    Raises:
+      EspeakError: the library cannot be unloaded, because something else in this
+        process also loaded it (another `ctypes.CDLL` of the same file), or the
+        platform has no `dlclose`.
+    """
+    with _lock:
+      if not self._used:
+        return
+      if not hasattr(_ctypes, "dlclose"):
+        raise EspeakError("Synthesizer.reset needs dlclose, which this platform lacks")
+      self._lib.espeak_Terminate()
+      handle, self._lib = self._lib._handle, None  # pylint: disable=protected-access
+      _ctypes.dlclose(handle)
+      still_loaded = _is_loaded(self._path)
+      self._load()
+      if still_loaded:
+        self._used = True  # Loaded again, but not fresh.
+        raise EspeakError(
+            f"{self._path} is still loaded after dlclose: something else in this process "
+            "holds it, so espeak-ng's hidden state cannot be reset; synthesize in a process "
+            "that loads espeak-ng only through libs.data.espeak")
 
   def _on_samples(self, wav, num_samples, _events):
     if num_samples > 0:
@@ -100,6 +154,7 @@ class Synthesizer:
       A 1-D int16 array.
     """
     with _lock:
+      self._used = True
       if self._lib.espeak_SetVoiceByName(voice.encode()) != 0:
         raise EspeakError(f"unknown espeak-ng voice {voice!r}")
       for param, value in ((_PARAM_RATE, rate), (_PARAM_PITCH, pitch),

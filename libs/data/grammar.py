@@ -24,6 +24,10 @@ import numpy as np
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 # Weights of string lengths 1..7 (as in TIDIGITS, most strings have 2-5 digits).
 _DIGIT_LENGTH_WEIGHTS = np.array([0.06, 0.16, 0.22, 0.22, 0.16, 0.10, 0.08])
+# The closed vocabulary of `digits` and its longest string in words: public facts of the
+# grammar (a word-level model's output units, the cap on PATE queries per utterance).
+DIGITS_VOCABULARY = ("oh",) + DIGIT_WORDS
+DIGITS_MAX_WORDS = len(_DIGIT_LENGTH_WEIGHTS)
 
 
 def digits(rng: np.random.Generator) -> str:

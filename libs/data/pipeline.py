@@ -24,7 +24,7 @@ import numpy as np
 import tqdm
 
 from libs.speech import features as features_lib
-from libs.speech.tokenizer import CharTokenizer
+from libs.speech.tokenizer import Tokenizer
 
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _METADATA_KEYS = ("speaker_id", "chapter_id", "accent", "gender", "voice", "latitude", "longitude",
@@ -118,7 +118,7 @@ def featurize(audios: Sequence[np.ndarray], config: features_lib.FeatureConfig =
   return out  # type: ignore[return-value]
 
 
-def load_split(builder, split: str, tokenizer: CharTokenizer,
+def load_split(builder, split: str, tokenizer: Tokenizer,
                feature_config: features_lib.FeatureConfig = features_lib.FeatureConfig(),
                *, max_examples: int | None = None) -> SpeechSplit:
   """Reads a TFDS split (synthetic or LibriSpeech), featurizes and tokenizes it.

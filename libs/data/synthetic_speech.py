@@ -3,14 +3,28 @@
 Real speech synthesized by espeak-ng (see `libs.data.corpus`), with per-speaker
 metadata on every example. Configs:
 
-  * `digits`: connected digit strings, 40 training speakers; the quick task (about a
-    minute to generate on 2 cores).
+  * `digits`: connected digit strings, 40 training speakers; the quick task (under
+    a minute to generate on 2 cores).
   * `digits_large`: digits with 160 training speakers (6400 utterances), for the PATE
     experiments, where every teacher needs enough speakers of its own.
   * `digits_many`: the same 6400 training utterances spread over 640 speakers (10 each),
     so that each of 16 teachers sees ~30 voices and generalizes to new speakers.
+  * `digits_public` and `digits_indomain`: the two data roles of a PATE experiment with
+    a public pretraining corpus. `digits_public` is a labeled corpus of other speakers
+    under clean conditions: en-US and en-GB-x-rp only, clean channel, SNR 30-40 dB, 120
+    training speakers (speaker ids from 100000). `digits_indomain` is the sensitive
+    in-domain corpus: all accents, all channels, a harder SNR of 5-30 dB, 640 training
+    speakers of 10 utterances (speaker ids from 200000). Their seeds and speaker ids
+    differ, so no voice or id is shared.
   * `sentences`: assistant commands and questions over ~480 words, 60 training speakers.
   * `tiny`: a few speakers and utterances, for tests.
+
+Every speaker is synthesized from espeak-ng's start-up state (see `libs.data.espeak`),
+so a config always gives the same examples, audio identical to the byte, whatever the
+number of worker processes (`TSML_CORPUS_WORKERS`, default: every core) and the order
+they take speakers in. (The array_record files themselves are byte-identical only
+between builds in one process: TFDS serializes tf.train.Example feature maps in an
+order that changes from process to process.)
 
 Example:
   >>> builder = SyntheticSpeech(config="digits", data_dir="/tmp/tfds")
@@ -60,6 +74,17 @@ BUILDER_CONFIGS = (
     _config("sentences", "Voice-assistant commands and questions, ~480 words.",
             grammar="sentences", train_speakers=60, train_utterances_per_speaker=100,
             eval_utterances_per_speaker=30),
+    _config("digits_public",
+            "Public pretraining corpus: en-US and en-GB-x-rp speakers, clean channel, SNR 30-40 dB.",
+            grammar="digits", accents=("en-US", "en-GB-x-rp"), channel_probs=(1.0, 0.0, 0.0),
+            snr_db=(30.0, 40.0), seed=1, speaker_id_offset=100_000, train_speakers=120,
+            train_utterances_per_speaker=10, dev_speakers_per_accent=1,
+            test_speakers_per_accent=1, eval_utterances_per_speaker=25),
+    _config("digits_indomain",
+            "In-domain corpus: all accents and channels, SNR 5-30 dB, 640 speakers of 10 utterances.",
+            grammar="digits", snr_db=(5.0, 30.0), seed=2, speaker_id_offset=200_000,
+            train_speakers=640, train_utterances_per_speaker=10, dev_speakers_per_accent=4,
+            test_speakers_per_accent=4, eval_utterances_per_speaker=20),
     _config("tiny", "A few digit utterances per split, for tests.",
             grammar="digits", train_speakers=7, dev_speakers_per_accent=1,
             test_speakers_per_accent=1, train_utterances_per_speaker=4,
@@ -67,16 +92,14 @@ BUILDER_CONFIGS = (
 )
 
 
-def _synthesize(args):
-  spec, speaker, count = args
-  return corpus.synthesize_speaker(spec, speaker, count)
-
-
 def _pool_context():
-  # A fresh process per speaker (maxtasksperchild=1) keeps espeak-ng's hidden state from
-  # leaking between speakers. forkserver forks from a clean, single-threaded server, so it
-  # is safe after JAX has started its threads; spawn elsewhere.
-  # The server preloads only the synthesis module, never the caller's `__main__`.
+  # Workers live for the whole split: `corpus.synthesize_speaker` resets espeak-ng before
+  # each speaker, so no state leaks between speakers. forkserver forks from a clean,
+  # single-threaded server, so it is safe after JAX has started its threads; spawn
+  # elsewhere. The server preloads only the synthesis modules, never the caller's
+  # `__main__` (workers still import it, as under spawn, so scripts need the
+  # `if __name__ == "__main__"` guard), and the task function lives in `corpus`, so
+  # workers need not import TFDS.
   if sys.platform.startswith("linux"):
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(["libs.data.corpus", "libs.data.espeak"])
@@ -126,9 +149,11 @@ class SyntheticSpeech(tfds.core.GeneratorBasedBuilder):
              else spec.eval_utterances_per_speaker)
     tasks = [(spec, s, count) for s in speakers]
     workers = min(num_workers(), len(tasks))
+    # A few speakers per message; small enough to keep every worker busy to the end.
+    chunksize = max(1, min(8, len(tasks) // (4 * workers)))
     with tqdm.tqdm(total=count * len(tasks), unit="utt",
                    desc=f"synthesizing {self.builder_config.name}/{split}") as bar:
-      with _pool_context().Pool(workers, maxtasksperchild=1) as pool:
-        for examples in pool.imap(_synthesize, tasks):
+      with _pool_context().Pool(workers) as pool:
+        for examples in pool.imap(corpus.synthesize_task, tasks, chunksize=chunksize):
           bar.update(len(examples))
           yield from examples

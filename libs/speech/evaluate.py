@@ -27,7 +27,7 @@ from libs.models import transducer as transducer_lib
 from libs.speech import features as features_lib
 from libs.speech import losses
 from libs.speech import wer as wer_lib
-from libs.speech.tokenizer import CharTokenizer
+from libs.speech.tokenizer import Tokenizer
 from libs.train import mesh as mesh_lib
 
 
@@ -131,7 +131,7 @@ class EvalResult:
     return {g: by_group[g] for g in sorted(by_group)}
 
 
-def transcribe(decode_fn, params, split: pipeline.SpeechSplit, tokenizer: CharTokenizer, *,
+def transcribe(decode_fn, params, split: pipeline.SpeechSplit, tokenizer: Tokenizer, *,
                batch_size: int, mesh=None, buckets=None) -> list[str]:
   """Greedy transcripts of every utterance of `split`, in split order.
 

@@ -116,11 +116,14 @@ DECODES = ("label_sync", "frame_sync")
 
 
 def make_labeler(model: transducer_lib.Transducer, cfg: AggregatorConfig, *, max_symbols_per_frame: int,
-                 decode: str = "label_sync"):
+                 decode: str = "label_sync", max_queries_per_utterance: int = 0):
   """Jitted ensemble decode with noisy aggregation (see the module docstring).
 
   `decode` picks what one query is: "label_sync" (the next label or the end) or
   "frame_sync" (the symbol at the current frame, blank included).
+  `max_queries_per_utterance` (label_sync; 0: no cap) stops an utterance after that many
+  queries, unlabeled unless its last answer ended it: the cap that a formal privacy bound
+  charges every utterance, whatever the answers were.
 
   Returns `fn(teacher_params [K, ...], features, lengths, key)` -> dict of
     tokens [B, L], counts [B], labeled [B] (every step answered), num_queries [B],
@@ -130,19 +133,22 @@ def make_labeler(model: transducer_lib.Transducer, cfg: AggregatorConfig, *, max
   """
   if decode not in DECODES:
     raise ValueError(f"decode must be one of {DECODES}, got {decode!r}")
+  if max_queries_per_utterance < 0 or (max_queries_per_utterance and decode != "label_sync"):
+    raise ValueError("max_queries_per_utterance must be >= 0, and only label_sync decoding takes a cap")
   hyper = _hyper(cfg)
-  fn = _compiled_decode(model, max_symbols_per_frame, decode)
+  fn = _compiled_decode(model, max_symbols_per_frame, decode, max_queries_per_utterance)
   return lambda params, feats, lens, key: fn(params, feats, lens, key, hyper)
 
 
 _DECODERS: dict = {}
 
 
-def _compiled_decode(model: transducer_lib.Transducer, max_symbols_per_frame: int, decode: str):
-  cache_key = (model, max_symbols_per_frame, decode)
+def _compiled_decode(model: transducer_lib.Transducer, max_symbols_per_frame: int, decode: str,
+                     max_queries: int = 0):
+  cache_key = (model, max_symbols_per_frame, decode, max_queries)
   if cache_key not in _DECODERS:
-    build = _build_label_sync_decode if decode == "label_sync" else _build_decode
-    _DECODERS[cache_key] = build(model, max_symbols_per_frame)
+    _DECODERS[cache_key] = (_build_label_sync_decode(model, max_symbols_per_frame, max_queries)
+                            if decode == "label_sync" else _build_decode(model, max_symbols_per_frame))
   return _DECODERS[cache_key]
 
 
@@ -255,7 +261,7 @@ def _build_decode(model: transducer_lib.Transducer, max_symbols_per_frame: int):
   return jax.jit(fn)
 
 
-def _build_label_sync_decode(model: transducer_lib.Transducer, max_symbols_per_frame: int):
+def _build_label_sync_decode(model: transducer_lib.Transducer, max_symbols_per_frame: int, query_cap: int = 0):
   """Label-synchronous ensemble decode: one query per output label (and one for the end).
 
   Every teacher k keeps its own frame pointer t_k. Before a query, each teacher runs its
@@ -276,7 +282,7 @@ def _build_label_sync_decode(model: transducer_lib.Transducer, max_symbols_per_f
     enc_proj, enc_lens, carry, h = _start(model, pred_step, params, feats, lens)
     num, batch, frames = enc_proj.shape[:3]
     capacity = frames * max_symbols_per_frame
-    max_queries = capacity + 1
+    max_queries = min(capacity + 1, query_cap) if query_cap else capacity + 1
     rows = jnp.arange(batch)
     members = jnp.arange(num)[:, None]
     kb = (num, batch)
@@ -319,8 +325,10 @@ def _build_label_sync_decode(model: transducer_lib.Transducer, max_symbols_per_f
                     lambda c, y: pred_step(params, c, y), lambda h: pred_proj(params, h))
       out["nsym"] = out["nsym"] + emit[None, :]
       out["pending"] = out["pending"] & ~querying[None, :]
-      out["failed"] = s["failed"] | unanswered
-      out["done"] = s["done"] | unanswered | (answered & (symbol == blank)) | (out["count"] >= capacity)
+      ended = answered & (symbol == blank)
+      capped = querying & ~ended & (out["q"] >= max_queries)  # the cap: stop, unlabeled
+      out["failed"] = s["failed"] | unanswered | capped
+      out["done"] = s["done"] | unanswered | ended | capped | (out["count"] >= capacity)
       out["it"] = s["it"] + 1
       return out
 
@@ -338,6 +346,12 @@ class Labels:
   labeled: np.ndarray  # [N] bool: every query answered.
   votes: list[np.ndarray]  # [n_queries, V] histograms of each utterance's queries.
   answered: list[np.ndarray]  # [n_queries] bool.
+
+  def subset(self, indices) -> "Labels":
+    """The answers of the utterances at `indices`, in that order."""
+    idx = [int(i) for i in indices]
+    return Labels([self.tokens[i] for i in idx], self.labeled[idx], [self.votes[i] for i in idx],
+                  [self.answered[i] for i in idx])
 
   def save(self, path: str) -> None:
     lengths = np.array([len(v) for v in self.votes])

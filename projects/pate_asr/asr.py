@@ -24,7 +24,7 @@ import tqdm
 from libs.data import pipeline
 from libs.models import asr as asr_lib
 from libs.speech import evaluate as evaluate_lib
-from libs.speech.tokenizer import CharTokenizer
+from libs.speech.tokenizer import Tokenizer
 from libs.train import checkpoint as ckpt_lib
 from libs.train import loop as loop_lib
 from libs.train import mesh as mesh_lib
@@ -45,15 +45,16 @@ class TrainResult:
 
 
 def train(config: ml_collections.ConfigDict, workdir: str, model, train_split: pipeline.SpeechSplit,
-          dev_split: pipeline.SpeechSplit | None, tokenizer: CharTokenizer, *,
+          dev_split: pipeline.SpeechSplit | None, tokenizer: Tokenizer, *,
           optimizer: optax.GradientTransformation | None = None,
-          loss_fn: Callable | None = None, desc: str = "train") -> TrainResult:
+          loss_fn: Callable | None = None, desc: str = "train", init_params=None) -> TrainResult:
   """Trains `model` on `train_split`, resuming from `workdir/checkpoints` when present.
 
   Runs `libs.train.loop.train_loop`: writes metrics (TensorBoard + metrics.jsonl) to
   `workdir`, shows a progress bar, evaluates dev WER every `config.train.eval_every` steps,
   checkpoints (with the training seconds so far) every `config.train.checkpoint_every` steps
-  and on SIGTERM/SIGINT (then returns with `preempted=True`).
+  and on SIGTERM/SIGINT (then returns with `preempted=True`). `init_params` (e.g. a public
+  pretrained model) replaces the random initialization: fine-tuning.
   """
   tcfg = config.train
   mesh = mesh_lib.make_mesh(jax.devices()[: config.get("num_devices") or None])
@@ -62,7 +63,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, model, train_split: p
   init_key, train_key = streams.key("init"), streams.key("train")
   optimizer = optimizer or optimizers.make_optimizer(tcfg)
   loss_fn = loss_fn or evaluate_lib.make_loss_fn(model, evaluate_lib.spec_augment_config(tcfg))
-  params = asr_lib.init_params(model, init_key, train_split.features[0].shape[1])
+  params = (init_params if init_params is not None
+            else asr_lib.init_params(model, init_key, train_split.features[0].shape[1]))
   state = jax.jit(lambda p: TrainState.create(p, optimizer))(params)
   state = mesh_lib.replicate(state, mesh)
   ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), save_every=tcfg.checkpoint_every)

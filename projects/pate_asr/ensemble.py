@@ -26,7 +26,7 @@ from libs.data import pipeline
 from libs.models import asr as asr_lib
 from libs.speech import evaluate as evaluate_lib
 from libs.speech import wer as wer_lib
-from libs.speech.tokenizer import CharTokenizer
+from libs.speech.tokenizer import Tokenizer
 from libs.train import checkpoint as ckpt_lib
 from libs.train import loop as loop_lib
 from libs.train import mesh as mesh_lib
@@ -83,7 +83,8 @@ def _member_sharding(mesh, num_members):
 
 def train_ensemble(tcfg: ml_collections.ConfigDict, workdir: str, model,
                    member_splits: Sequence[pipeline.SpeechSplit], *, seed: int, desc: str,
-                   progress: bool = True, shared_init: bool = False) -> EnsembleResult:
+                   progress: bool = True, shared_init: bool = False, init_params=None,
+                   init_stacked_params=None) -> EnsembleResult:
   """Trains one model per split, all in one vmapped step; resumes from `workdir`.
 
   Args:
@@ -98,6 +99,10 @@ def train_ensemble(tcfg: ml_collections.ConfigDict, workdir: str, model,
     desc: progress-bar label.
     shared_init: start every member from the same parameters (PATE teachers: their
       transducer alignments, hence their per-frame votes, then agree more often).
+    init_params: one model's parameters (e.g. the public pretrained model) that every
+      member starts from (fine-tuning); None: a fresh initialization ("init" stream).
+    init_stacked_params: per-member starting parameters [M, ...] (e.g. students continuing
+      with self-training); overrides `init_params`.
   """
   if any(len(s) == 0 for s in member_splits):
     raise ValueError("every ensemble member needs at least one utterance")
@@ -109,9 +114,14 @@ def train_ensemble(tcfg: ml_collections.ConfigDict, workdir: str, model,
   loss_fn = evaluate_lib.make_loss_fn(model, evaluate_lib.spec_augment_config(tcfg))
   streams = rng_lib.Streams(seed)
   init_key, train_key = streams.key("init"), streams.key("train")
-  params = init_stacked(model, init_key, 1 if shared_init else num, member_splits[0].features[0].shape[1])
-  if shared_init:
-    params = jax.tree.map(lambda p: jnp.repeat(p, num, axis=0), params)
+  if init_stacked_params is not None:
+    params = init_stacked_params
+  elif init_params is not None:
+    params = jax.tree.map(lambda p: jnp.repeat(jnp.asarray(p)[None], num, axis=0), init_params)
+  else:
+    params = init_stacked(model, init_key, 1 if shared_init else num, member_splits[0].features[0].shape[1])
+    if shared_init:
+      params = jax.tree.map(lambda p: jnp.repeat(p, num, axis=0), params)
   state = jax.jit(jax.vmap(lambda p: TrainState.create(p, optimizer)))(params)
   state = jax.device_put(state, sharding)
   ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), save_every=tcfg.checkpoint_every)
@@ -150,18 +160,29 @@ def make_ensemble_decode(model):
   return jax.jit(jax.vmap(decode, in_axes=(0, None, None)))
 
 
-def evaluate_ensemble(model, stacked_params, split: pipeline.SpeechSplit, tokenizer: CharTokenizer, *,
-                      batch_size: int) -> list[evaluate_lib.EvalResult]:
-  """Greedy-decodes `split` with every member; one EvalResult per member."""
+def transcribe_ensemble(model, stacked_params, split: pipeline.SpeechSplit, tokenizer: Tokenizer, *,
+                        batch_size: int, num_buckets: int = 3) -> list[list[str]]:
+  """Greedy transcripts of `split` by every member: [M][len(split)] strings.
+
+  Batches are padded to a few frame buckets, so the decode compiles once per bucket, not
+  once per batch shape."""
   decode = make_ensemble_decode(model)
   num = jax.tree.leaves(stacked_params)[0].shape[0]
   hyps = [[None] * len(split) for _ in range(num)]
-  for batch in pipeline.eval_batches(split, batch_size):
+  buckets = pipeline.frame_buckets(split.feature_lengths, num_buckets)
+  for batch in pipeline.eval_batches(split, batch_size, buckets):
     ids, counts = jax.device_get(decode(stacked_params, batch["features"], batch["feature_lengths"]))
     for row, i in enumerate(batch["index"]):
       if i >= 0:
         for m in range(num):
           hyps[m][i] = tokenizer.decode(ids[m, row, : counts[m, row]]).strip()
+  return hyps
+
+
+def evaluate_ensemble(model, stacked_params, split: pipeline.SpeechSplit, tokenizer: Tokenizer, *,
+                      batch_size: int) -> list[evaluate_lib.EvalResult]:
+  """Greedy-decodes `split` with every member; one EvalResult per member."""
+  hyps = transcribe_ensemble(model, stacked_params, split, tokenizer, batch_size=batch_size)
   refs = split.transcripts
   return [evaluate_lib.EvalResult(wer_lib.word_error_rate(refs, h), h, wer_lib.utterance_errors(refs, h))
           for h in hyps]

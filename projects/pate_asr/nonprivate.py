@@ -17,7 +17,6 @@ import numpy as np
 from libs.metrics import groups as groups_lib
 from libs.models import asr as asr_lib
 from libs.speech import evaluate as evaluate_lib
-from libs.speech.tokenizer import CharTokenizer
 from libs.train import io as io_lib
 from libs.train import metrics as metrics_lib
 from libs.train import plots
@@ -35,7 +34,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict | None:
   validation.validate(config)
   wall_start = time.perf_counter()
   os.makedirs(workdir, exist_ok=True)
-  tokenizer = CharTokenizer()
+  tokenizer = data_lib.make_tokenizer(config)
   splits = data_lib.load_splits(config, tokenizer)
   model = asr_lib.build_model(config.model, tokenizer.vocab_size)
   result = asr.train(config, workdir, model, splits.train, splits.dev, tokenizer, desc="nonprivate")

@@ -1,27 +1,39 @@
-"""The PATE-ASR experiment: PATE (LNMax, GNMax, Confident-GNMax, noisy averaging) against
-DP-SGD at the same (epsilon, delta), with the non-private model as the floor.
+"""The PATE-ASR experiment: PATE students against DP-SGD at the same privacy unit, every
+private model fine-tuned from a public model.
 
-Stages, for each scenario (each writes its outputs under `workdir/<scenario>/` and is
-skipped on a rerun once finished):
-  1. floor/      non-private model on the sensitive data;
-  2. teachers/   K teachers on speaker-disjoint parts of the sensitive data, trained as
-                 one vmapped ensemble;
-  3. labels/     for each aggregator, the noisy ensemble decode of every public utterance
-                 (see `aggregation`), with the vote histogram of every query;
-  4. accounting  for each (aggregator, target epsilon): utterances are released in a fixed
-                 order while the budget allows; the budget is checked BEFORE each
-                 utterance, on the data-dependent (default; Papernot et al. 2018) or the
-                 data-independent RDP (`config.pate.budget`);
-  5. students/   one student per (aggregator, target) on its released labels, trained as
-                 one vmapped ensemble;
-  6. dpsgd/      DP-SGD, one model per finite target, noise calibrated to it;
-  7. results.json, the table, figures/wer_vs_epsilon.png.
+Data roles (`partition`, `data`): a public labeled corpus of other speakers pretrains the
+public model; the in-domain corpus gives the sensitive speakers (teachers, DP-SGD, the
+non-private model), the public unlabeled speakers (the students' queries) and dev/test.
+Speakers are disjoint across roles.
 
-DP randomness (the aggregators' noise, the smooth-sensitivity release noise, DP-SGD's
-noise and Poisson samples) comes from `DpRandomness`: a secret from the operating system
-unless `config.insecure_reproducible_noise`, never from config.seed, which results.json
-publishes. Every record with a DP epsilon says which (`"randomness"`), and a workdir keeps
-the kind it was started with (`dp_randomness.json`), since its outputs are reused on a rerun.
+The sweep is an explicit list of stages. Each reads saved inputs and writes one artifact
+under `workdir/` (`<scenario>/` for the per-scenario ones), and a rerun skips a finished
+stage (`libs.train.io.run_stage`; training stages also resume from their checkpoints):
+  public/                 the public model (pretrained on the public labeled corpus): the
+                          epsilon = 0 row;
+  <scenario>/nonprivate/  fine-tuned on all sensitive data: the epsilon = inf row;
+  <scenario>/teachers/    K speaker-disjoint teachers fine-tuned from the public model, one
+                          vmapped ensemble;
+  <scenario>/labels       every aggregator's answers for the fixed query set (the first
+                          max(query_utterances) public utterances of a data-independent
+                          order), kept under <scenario>/private/labels/;
+  <scenario>/privacy/     one record per (aggregator, target) from `privacy.account_labels`
+                          over the first query_utterances[target] utterances: every query
+                          charged, the data-independent epsilon always, a data-dependent one
+                          only through its smooth-sensitivity release;
+  <scenario>/students/    one student per label set, fine-tuned from the public model on the
+                          released labels, then self-trained on the other public utterances
+                          with its own pseudo-labels (post-processing: no privacy cost);
+  <scenario>/dpsgd_<unit>/  DP-SGD per target at the speaker and the utterance level;
+  results.json, the table, figures/wer_vs_epsilon.png.
+
+What is private (never in results.json, logs, metrics or the table): vote histograms,
+raw data-dependent costs, smooth sensitivities, and the teachers' own WERs and agreement.
+They live under `<scenario>/private/` for the developer; do not publish that directory.
+
+DP randomness (aggregation noise, smooth-sensitivity release noise, DP-SGD noise and
+samples) comes from `DpRandomness`: an operating-system secret unless
+`config.insecure_reproducible_noise`, never from the published config.seed.
 
 Example:
   >>> results = run(sweep_configs.get_config("quick"), "workdirs/pate_quick")
@@ -38,29 +50,31 @@ import jax
 import matplotlib
 import ml_collections
 import numpy as np
-from dp_accounting.rdp import rdp_privacy_accountant
 
-from libs.accounting import pate as pate_accounting
 from libs.data import pipeline
 from libs.dp.randomness import INSECURE, DpRandomness
 from libs.models import asr as asr_lib
+from libs.speech import tokenizer as tokenizer_lib
 from libs.speech import wer as wer_lib
-from libs.speech.tokenizer import CharTokenizer
 from libs.train import io as io_lib
 from libs.train import rng as rng_lib
 from projects.pate_asr import aggregation
+from projects.pate_asr import asr
 from projects.pate_asr import data as data_lib
 from projects.pate_asr import dpsgd_train
 from projects.pate_asr import ensemble
 from projects.pate_asr import partition
+from projects.pate_asr import privacy
 from projects.pate_asr import validation
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=wrong-import-position
 
-METHOD_LABELS = {"lnmax": "PATE-LNMax", "gnmax": "PATE-GNMax", "confident_gnmax": "PATE-Confident-GNMax",
-                 "noisy_average": "PATE-NoisyAvg", "noiseless": "PATE-noiseless (eps=inf)", "dpsgd": "DP-SGD",
-                 "nonprivate": "non-private"}
+METHOD_LABELS = {"pate_lnmax": "PATE-LNMax", "pate_gnmax": "PATE-GNMax",
+                 "pate_confident_gnmax": "PATE-Confident-GNMax", "pate_noisy_average": "PATE-NoisyAvg",
+                 "pate_noiseless": "PATE-noiseless (eps=inf)", "dpsgd_speaker": "DP-SGD (speaker)",
+                 "dpsgd_utterance": "DP-SGD (utterance)", "nonprivate": "non-private",
+                 "public_only": "public only"}
 
 
 class Preempted(Exception):
@@ -79,51 +93,8 @@ def aggregator_config(pcfg, method: str) -> aggregation.AggregatorConfig:
   }[method]()
 
 
-def _epsilon(orders, rdp, delta) -> float:
-  if not np.all(np.isfinite(rdp)):
-    return math.inf
-  return float(rdp_privacy_accountant.compute_epsilon(orders, rdp, delta)[0])
-
-
-def epsilon_floor(cfg: aggregation.AggregatorConfig, *, num_teachers: int, vocab_size: int,
-                  orders: np.ndarray, delta: float) -> float:
-  """The data-dependent epsilon of one query answered with every teacher in agreement.
-
-  No label can be released under a smaller target. With few teachers it is large: the
-  Theorem-6 bound on GNMax holds only at Renyi orders below mu1 ~ gap / 2 + 1 (Papernot et
-  al. 2018, Prop. 10), so 8 unanimous teachers at sigma = 1 cost epsilon 6.0 at delta = 1e-5.
-  With 16 or more at sigma = 1 it is 0: the answer is all but certain, its divergence at
-  low orders is below delta^2, and the conversion bounds it through total variation by
-  (0, delta).
-  """
-  votes = np.zeros((1, vocab_size), np.int64)
-  votes[0, 1] = num_teachers
-  one = aggregation.Labels([np.zeros(0, np.int32)], np.array([True]), [votes], [np.array([True])])
-  costs = aggregation.query_costs(one, cfg, num_teachers=num_teachers, orders=orders)
-  return _epsilon(orders, costs.dependent[0], delta)
-
-
-def released_prefix(costs: np.ndarray, orders: np.ndarray, target: float, delta: float) -> tuple[int, np.ndarray]:
-  """How many utterances (in order) fit in the budget, and their total RDP.
-
-  The check happens before each utterance: the first one whose answers would pass the
-  target is not released, and labeling stops there.
-  """
-  total = np.zeros(len(orders))
-  for i, c in enumerate(costs):
-    if _epsilon(orders, total + c, delta) > target:
-      return i, total
-    total = total + c
-  return len(costs), total
-
-
-def _label_split(public: pipeline.SpeechSplit, labels: aggregation.Labels, indices, tokenizer) -> pipeline.SpeechSplit:
-  """The public utterances in `indices` with the teachers' labels as transcripts."""
-  sub = public.subset(indices)
-  sub.labels = [labels.tokens[i] for i in indices]
-  sub.transcripts = [tokenizer.decode(labels.tokens[i]) for i in indices]
-  sub.__dict__.pop("label_lengths", None)  # Recomputed from the new labels.
-  return sub
+def analysis_config(pcfg) -> privacy.AnalysisConfig:
+  return privacy.AnalysisConfig.from_pate_config(pcfg)
 
 
 def aggregation_key(rand: DpRandomness, scenario: str) -> jax.Array:
@@ -135,24 +106,23 @@ def aggregation_key(rand: DpRandomness, scenario: str) -> jax.Array:
   return rand.key(f"pate_aggregation/{scenario}")
 
 
+def release_rng(rand: DpRandomness, scenario: str, method: str, target: float) -> np.random.Generator:
+  """The generator of one smooth-sensitivity release: independent noise for every published
+  value (shared noise would publish the exact differences between them)."""
+  return np.random.default_rng(release_seed(rand, scenario, method, target))
+
+
 def release_seed(rand: DpRandomness, scenario: str, method: str, target: float) -> int:
-  """The seed of one smooth-sensitivity release: independent noise for every released value
-  (shared noise would publish the exact differences between them)."""
   return rand.seed(f"smooth_sensitivity/{scenario}/{method}/{target:g}")
 
 
 def check_workdir_randomness(workdir: str, rand: DpRandomness) -> None:
-  """Refuses to mix kinds of DP randomness in one workdir.
-
-  A rerun reuses the labels, the DP-SGD checkpoint (with its noise keys) and the releases,
-  so the records' "randomness" is right only if every run of the workdir used the same kind.
-  DP outputs of workdirs started before the marker existed drew their noise from config.seed.
-  """
+  """Refuses to mix kinds of DP randomness in one workdir (its DP outputs are reused on a rerun)."""
   path = os.path.join(workdir, "dp_randomness.json")
   recorded = io_lib.read_json(path)
-  if recorded is None:
-    started = any(os.path.isdir(os.path.join(workdir, s, d)) for s in ("matched", "mismatched")
-                  for d in ("labels", "dpsgd"))
+  if recorded is None:  # Workdirs of the earlier layout (labels/, dpsgd/) drew noise from the seed.
+    started = any(os.path.isdir(os.path.join(workdir, s, d)) for s in partition.SCENARIOS
+                  for d in ("labels", "dpsgd", "private", "dpsgd_speaker", "dpsgd_utterance"))
     recorded = {"randomness": INSECURE if started else rand.describe()}
     os.makedirs(workdir, exist_ok=True)
     io_lib.write_json(path, recorded)
@@ -163,279 +133,327 @@ def check_workdir_randomness(workdir: str, rand: DpRandomness) -> None:
 
 
 @dataclasses.dataclass(frozen=True)
-class _Scenario:
-  """What every stage of one scenario shares."""
+class _Context:
+  """What every stage shares."""
   config: ml_collections.ConfigDict
-  workdir: str
+  workdir: str  # The scenario's directory (the run's for the public stage).
   scenario: str
-  splits: data_lib.Splits
-  tokenizer: CharTokenizer
+  splits: data_lib.Splits  # In-domain train (all roles), dev, test.
+  tokenizer: tokenizer_lib.Tokenizer
   rand: DpRandomness
   streams: rng_lib.Streams  # Non-DP streams only: DP ones come from `rand`.
   model: object
-  progress: bool
 
   @property
   def pcfg(self):
     return self.config.pate
 
+  @property
+  def progress(self) -> bool:
+    return self.config.get("progress", True)
 
-@dataclasses.dataclass(frozen=True)
-class _Point:
-  """One (aggregator, target epsilon): the labeled utterances it releases and its record
-  (without "wer", which the students give)."""
-  method: str
-  target: float
-  used: np.ndarray
-  record: dict
+  def path(self, *parts: str) -> str:
+    return os.path.join(self.workdir, *parts)
 
-
-def _prepare_roles(config, splits: data_lib.Splits, scenario: str, streams: rng_lib.Streams):
-  """The sensitive/public roles of `splits.train` and the teachers' speaker-disjoint parts."""
-  pcfg = config.pate
-  roles = partition.split_roles(splits.train, scenario=scenario, public_fraction=pcfg.public_fraction,
-                                seed=config.seed, public_accents=tuple(pcfg.public_accents))
-  parts = partition.speaker_partition(roles.sensitive, pcfg.num_teachers, seed=config.seed)
-  if pcfg.max_public_utterances and len(roles.public) > pcfg.max_public_utterances:
-    keep = streams.numpy("pate/public_subsample").choice(len(roles.public), pcfg.max_public_utterances,
-                                                         replace=False)
-    roles.public = roles.public.subset(np.sort(keep))
-  return roles, parts
+  def private_path(self, *parts: str) -> str:
+    path = os.path.join(self.workdir, "private", *parts)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    return path
 
 
-def _train_stage(ctx: _Scenario, section: str, name: str, member_splits, shared_init: bool = False):
-  """Trains (or resumes) the ensemble `name` under `ctx.workdir/name`; raises Preempted if stopped."""
-  result = ensemble.train_ensemble(ctx.config[section], os.path.join(ctx.workdir, name), ctx.model, member_splits,
-                                   seed=ctx.streams.seed(f"ensemble/{name}"), desc=f"{ctx.scenario}/{name}",
-                                   progress=ctx.progress, shared_init=shared_init)
-  if result.preempted:
-    raise Preempted(name)
-  return result
+def _with_train(config, section: str) -> ml_collections.ConfigDict:
+  """`config` with `config[section]` as its train section (asr.train reads config.train)."""
+  out = ml_collections.ConfigDict(config.to_dict())
+  out.train = config[section]
+  return out
 
 
-def _wers(ctx: _Scenario, params, split) -> list:
-  return [r.wer for r in ensemble.evaluate_ensemble(ctx.model, params, split, ctx.tokenizer,
+def _test_wers(ctx: _Context, stacked_params) -> list[float]:
+  return [r.wer for r in ensemble.evaluate_ensemble(ctx.model, stacked_params, ctx.splits.test, ctx.tokenizer,
                                                     batch_size=ctx.config.eval.batch_size)]
 
 
-def _floor_stage(ctx: _Scenario, roles) -> dict:
-  """1. The non-private floor on the sensitive data."""
-  def floor():
-    t = time.perf_counter()
-    r = _train_stage(ctx, "train", "floor", [roles.sensitive])
-    return {"test_wer": _wers(ctx, r.params, ctx.splits.test)[0], "train_seconds": time.perf_counter() - t}
-
-  floor_out = io_lib.run_stage(os.path.join(ctx.workdir, "floor"), floor)
-  print(f"[{ctx.scenario}] non-private floor: test WER {100 * floor_out['test_wer']:.2f}%")
-  return floor_out
+def _stack(params):
+  return jax.tree.map(lambda p: np.asarray(p)[None], params)
 
 
-def _teacher_stage(ctx: _Scenario, roles, parts):
-  """2. The teachers, one per part of the sensitive data (always loaded: the labels need them)."""
-  t = time.perf_counter()
-  teachers = _train_stage(ctx, "teachers", "teachers", [roles.sensitive.subset(p) for p in parts],
-                          shared_init=ctx.pcfg.shared_teacher_init)
-  info = io_lib.run_stage(os.path.join(ctx.workdir, "teachers"), lambda: {
-      "dev_wer": _wers(ctx, teachers.params, ctx.splits.dev),
-      "train_seconds": time.perf_counter() - t, "utterances": [int(len(p)) for p in parts]})
-  print(f"[{ctx.scenario}] teachers: dev WER mean {100 * np.mean(info['dev_wer']):.1f}% "
-        f"(best {100 * min(info['dev_wer']):.1f}%, worst {100 * max(info['dev_wer']):.1f}%)")
-  return teachers
+def _train_single(ctx: _Context, section: str, name: str, split, init_params=None, dev=None):
+  result = asr.train(_with_train(ctx.config, section), ctx.path(name), ctx.model, split, dev, ctx.tokenizer,
+                     desc=f"{ctx.scenario}/{name}", init_params=init_params)
+  if result.preempted:
+    raise Preempted(name)
+  return jax.device_get(result.state.params)
 
 
-def _label_public(ctx: _Scenario, teachers, public, label_dir: str) -> dict:
-  """3. The noisy ensemble labels of the public data, one pass per aggregator (kept on disk)."""
+# -- stages ------------------------------------------------------------------------------
+
+
+def public_stage(ctx: _Context, public: data_lib.Splits):
+  """The public model: trained from scratch on the public labeled corpus."""
+  params = _train_single(ctx, "public_train", "public", public.train, dev=public.dev)
+  out = io_lib.run_stage(ctx.path("public"), lambda: {"test_wer": _test_wers(ctx, _stack(params))[0],
+                                                      "train_utterances": len(public.train)})
+  print(f"public model (public labeled corpus, {len(public.train)} utterances): in-domain test WER "
+        f"{100 * out['test_wer']:.2f}%")
+  return params, out
+
+
+def nonprivate_stage(ctx: _Context, roles, public_params) -> dict:
+  """The public model fine-tuned on all sensitive data (no privacy)."""
+  def run():
+    params = _train_single(ctx, "train", "nonprivate", roles.sensitive, init_params=public_params)
+    return {"test_wer": _test_wers(ctx, _stack(params))[0]}
+  out = io_lib.run_stage(ctx.path("nonprivate"), run)
+  print(f"[{ctx.scenario}] non-private (public model + all sensitive data): test WER {100 * out['test_wer']:.2f}%")
+  return out
+
+
+def teacher_stage(ctx: _Context, roles, parts, public_params):
+  """K teachers on speaker-disjoint parts, fine-tuned from the public model (always loaded)."""
+  result = ensemble.train_ensemble(ctx.config.teachers, ctx.path("teachers"), ctx.model,
+                                   [roles.sensitive.subset(p) for p in parts],
+                                   seed=ctx.streams.seed("ensemble/teachers"), desc=f"{ctx.scenario}/teachers",
+                                   progress=ctx.progress, init_params=public_params)
+  if result.preempted:
+    raise Preempted("teachers")
+
+  def diagnostics():  # Private: the teachers' WERs are functions of the sensitive data.
+    dev = ctx.splits.dev.subset(np.arange(min(len(ctx.splits.dev), ctx.pcfg.get("teacher_dev_utterances", 200))))
+    wers = [r.wer for r in ensemble.evaluate_ensemble(ctx.model, result.params, dev, ctx.tokenizer,
+                                                      batch_size=ctx.config.eval.batch_size)]
+    io_lib.write_json(ctx.private_path("teachers.json"), {
+        "dev_wer": wers, "dev_wer_mean": float(np.mean(wers)), "dev_wer_min": float(min(wers)),
+        "dev_wer_max": float(max(wers)), "utterances": [int(len(p)) for p in parts]})
+    return {"num_teachers": len(parts), "train_seconds": result.train_seconds}
+  io_lib.run_stage(ctx.path("teachers"), diagnostics)
+  return result.params
+
+
+@dataclasses.dataclass(frozen=True)
+class _Query:
+  """One labeling run, fixed from public config before any teacher votes: an aggregator
+  with its noise calibrated so that the formal epsilon of `count` utterances meets `target`."""
+  method: str
+  target: float
+  count: int  # The first `count` utterances of the query set.
+  aggregator: aggregation.AggregatorConfig
+  analysis: privacy.AnalysisConfig
+
+  @property
+  def name(self) -> str:
+    return f"{self.method}_{self.target:g}"
+
+
+def query_plan(pcfg) -> list[_Query]:
+  """The noiseless labels (epsilon inf, for reference) and one calibrated run per (method, target).
+
+  The configured noise levels only set the shape of each aggregator's noise (the ratio of
+  Confident-GNMax's two sigmas; its threshold is kept): `privacy.calibrate` scales them to the
+  least noise whose formal epsilon meets the target. Where the smooth-sensitivity release
+  alone would cost more than the target, GNMax and Confident-GNMax publish the formal figure
+  without a release.
+  """
+  analysis = analysis_config(pcfg)
+  plan = [_Query("plurality", math.inf, max(pcfg.query_utterances), aggregator_config(pcfg, "plurality"), analysis)]
+  for method in pcfg.methods:
+    for target, count in zip(pcfg.target_epsilons, pcfg.query_utterances):
+      base, chosen = aggregator_config(pcfg, method), analysis
+      try:
+        cfg = privacy.calibrate(base, analysis, count, float(target))
+      except ValueError:
+        chosen = dataclasses.replace(analysis, release=False)
+        cfg = privacy.calibrate(base, chosen, count, float(target))
+      plan.append(_Query(method, float(target), int(count), cfg, chosen))
+  return plan
+
+
+def label_stage(ctx: _Context, teacher_params, queries, plan: list[_Query]) -> dict:
+  """Every planned run's answers on its queries (private: the files hold the votes)."""
   pcfg = ctx.pcfg
   label_key = aggregation_key(ctx.rand, ctx.scenario)
-  all_labels = {}
-  for m, method in enumerate(("plurality",) + tuple(pcfg.methods)):
-    path = os.path.join(label_dir, f"{method}.npz")
-    if os.path.exists(path):
-      all_labels[method] = aggregation.Labels.load(path)
-      continue
-    labeler = aggregation.make_labeler(ctx.model, aggregator_config(pcfg, method),
-                                       max_symbols_per_frame=pcfg.max_symbols_per_frame,
-                                       decode=pcfg.get("decode", "label_sync"))
-    labels = aggregation.label_split(labeler, teachers.params, public, jax.random.fold_in(label_key, m),
-                                     batch_size=pcfg.label_batch_size, progress=ctx.progress,
-                                     desc=f"{ctx.scenario}/labels/{method}")
-    labels.save(path)
-    all_labels[method] = labels
-  return all_labels
+  out = {}
+  for i, q in enumerate(plan):
+    path = ctx.private_path("labels", f"{q.name}.npz")
+    if not os.path.exists(path):
+      labeler = aggregation.make_labeler(ctx.model, q.aggregator, max_symbols_per_frame=pcfg.max_symbols_per_frame,
+                                         decode=pcfg.decode, max_queries_per_utterance=pcfg.max_queries_per_utterance)
+      aggregation.label_split(labeler, teacher_params, queries.subset(np.arange(q.count)),
+                              jax.random.fold_in(label_key, i), batch_size=pcfg.label_batch_size,
+                              progress=ctx.progress, desc=f"{ctx.scenario}/labels/{q.name}").save(path)
+    out[q.name] = aggregation.Labels.load(path)
+  _write_agreement(ctx, out[plan[0].name])
+  return out
 
 
-class _Releases:
-  """The smooth-sensitivity releases of a scenario, kept so that a rerun republishes the same
-  noisy estimates: fresh noise on the same value would be a second release (and averaging
-  them would shrink the noise)."""
-
-  def __init__(self, label_dir: str):
-    self.path = os.path.join(label_dir, "smooth_sensitivity_releases.json")
-    self.values = io_lib.read_json(self.path) or {}
-
-
-def _account_method(ctx: _Scenario, method: str, labels, public, orders, order, releases: _Releases) -> list[_Point]:
-  """4. The released prefix of `method` at each of its targets (noiseless: epsilon = inf only)."""
-  pcfg = ctx.pcfg
-  cfg = aggregator_config(pcfg, method)
-  costs = aggregation.query_costs(labels, cfg, num_teachers=pcfg.num_teachers, orders=orders)
-  targets = [math.inf] if method == "plurality" else list(pcfg.target_epsilons)
-  floor_eps = (math.inf if method == "plurality" else
-               epsilon_floor(cfg, num_teachers=pcfg.num_teachers, vocab_size=ctx.model.config.vocab_size,
-                             orders=orders, delta=pcfg.delta))
-  below = [t for t in targets if t < floor_eps]
-  if below and pcfg.budget == "data_dependent":
-    print(f"[{ctx.scenario}] {method}: target epsilon {', '.join(f'{t:g}' for t in below)} is below {floor_eps:.2f}, "
-          f"the cost of one answer on which all {pcfg.num_teachers} teachers agree (delta {pcfg.delta:g}): nothing "
-          f"can be labeled there. More teachers or a larger delta lower this floor.")
-  return [_account(ctx, method, target, labels, costs, public, orders, order, floor_eps, releases)
-          for target in targets]
+def _write_agreement(ctx: _Context, labels: aggregation.Labels) -> None:
+  """Private diagnostics: the distribution of the top-vote share of the noiseless queries."""
+  made = [v for v in labels.votes if len(v)]
+  if not made:
+    return
+  votes = np.concatenate(made)
+  share = votes.max(-1) / np.maximum(votes.sum(-1), 1)
+  io_lib.write_json(ctx.private_path("agreement.json"), {
+      "queries": int(len(share)), "queries_per_utterance": float(len(share) / len(labels.votes)),
+      "unanimous": float(np.mean(share >= 1.0)), "at_least_75pct": float(np.mean(share >= 0.75)),
+      "share_quantiles_10_50_90": [float(q) for q in np.quantile(share, [0.1, 0.5, 0.9])]})
 
 
-def _account(ctx: _Scenario, method: str, target: float, labels, costs, public, orders, order, floor_eps: float,
-             releases: _Releases) -> _Point:
-  """4. One (aggregator, target): utterances released in `order` while the budget allows."""
-  pcfg, data_dependent = ctx.pcfg, ctx.pcfg.budget == "data_dependent"
-  if math.isinf(target):
-    count = len(order)
-  else:
-    basis = costs.dependent if data_dependent else costs.independent
-    count, _ = released_prefix(basis[order], orders, target, pcfg.delta)
-  released = order[:count]
-  used = released[labels.labeled[released]]
-  eps_ind = _epsilon(orders, costs.independent[released].sum(0), pcfg.delta) if count else 0.0
-  eps_dep = _epsilon(orders, costs.dependent[released].sum(0), pcfg.delta) if count else 0.0
-  refs = [public.transcripts[i] for i in used]
-  hyps = [ctx.tokenizer.decode(labels.tokens[i]) for i in used]
-  record = {
-      "method": "pate_" + method if method != "plurality" else "pate_noiseless",
-      "scenario": ctx.scenario, "target_epsilon": target, "delta": pcfg.delta,
-      "epsilon": eps_dep if data_dependent else eps_ind,
-      "epsilon_data_dependent": eps_dep, "epsilon_data_independent": eps_ind,
-      "accountant": ("none" if method == "plurality" else
-                     f"pate-rdp-{'data-dependent' if data_dependent else 'data-independent'}"),
-      "unit": "speaker (one teacher per speaker-disjoint part; implies utterance)",
-      "queries_answered": int(sum(int(labels.answered[i].sum()) for i in released)),
-      "queries_total": int(sum(len(labels.votes[i]) for i in released)),
-      "utterances_released": int(count), "utterances_labeled": int(len(used)),
-      "public_utterances": len(public),
-      "label_wer": wer_lib.word_error_rate(refs, hyps) if used.size else None,
-      "epsilon_floor": floor_eps,
-  }
-  if method != "plurality":
-    record["randomness"] = ctx.rand.describe()
-  if method in ("gnmax", "confident_gnmax") and count and data_dependent:
-    key = (f"{method} target={target:g} released={count} "
-           f"ss=({pcfg.ss_order:g}, {pcfg.ss_beta:g}, {pcfg.ss_sigma:g})")
-    if key not in releases.values:
-      releases.values[key] = _release(pcfg, labels, released, costs, orders, method,
-                                      rng=release_seed(ctx.rand, ctx.scenario, method, target))
-      io_lib.write_json(releases.path, releases.values)
-    record["released_epsilon"] = releases.values[key]
-  return _Point(method, target, used, record)
+def privacy_stage(ctx: _Context, all_labels: dict, queries, plan: list[_Query]) -> list[dict]:
+  """One public record per planned run; private intermediates to private/privacy/."""
+  def run():
+    points = []
+    for q in plan:
+      labels = all_labels[q.name]
+      record, private = privacy.account_labels(labels, q.aggregator, q.analysis, target_epsilon=q.target,
+                                               rng=release_rng(ctx.rand, ctx.scenario, q.method, q.target))
+      privacy.check_public(record)
+      io_lib.write_json(ctx.private_path("privacy", f"{q.name}.json"), private)
+      used = np.nonzero(labels.labeled)[0]
+      refs = [queries.transcripts[i] for i in used]
+      hyps = [ctx.tokenizer.decode(labels.tokens[i]) for i in used]
+      noise = {k: v for k, v in dataclasses.asdict(q.aggregator).items() if k != "name" and v}
+      # The label WER compares released labels with the public utterances' true transcripts,
+      # which a real deployment would not have: an evaluation-only figure.
+      points.append({"record": {**record, "scenario": ctx.scenario, "noise": noise,
+                                "randomness": ctx.rand.describe() if q.method != "plurality" else "none"},
+                     "labels": q.name, "used": used.tolist(),
+                     "label_wer": wer_lib.word_error_rate(refs, hyps) if len(used) else None})
+    return points
+
+  return io_lib.run_stage(ctx.path("privacy"), run)
 
 
-def _train_students(ctx: _Scenario, public, all_labels: dict, points: list[_Point]) -> list[float]:
-  """5. Students, one per distinct label set (same method and released utterances): the test
-  WER of each point (1.0 where nothing was labeled: no student can be trained)."""
+def _labeled_split(queries, labels: aggregation.Labels, used, tokenizer) -> pipeline.SpeechSplit:
+  sub = queries.subset(used)
+  sub.labels = [labels.tokens[i] for i in used]
+  sub.transcripts = [tokenizer.decode(labels.tokens[i]) for i in used]
+  sub.__dict__.pop("label_lengths", None)  # Recomputed from the new labels.
+  return sub
+
+
+def _pseudo_labeled(split, hyps: list[str], tokenizer) -> pipeline.SpeechSplit:
+  keep = [i for i, h in enumerate(hyps) if h]
+  sub = split.subset(keep)
+  sub.transcripts = [hyps[i] for i in keep]
+  sub.labels = [np.asarray(tokenizer.encode(h), np.int32) for h in sub.transcripts]
+  sub.__dict__.pop("label_lengths", None)
+  return sub
+
+
+def student_stage(ctx: _Context, points: list[dict], all_labels: dict, queries, rest, public_params) -> dict:
+  """Students: fine-tuned from the public model on released labels, then self-trained on the
+  rest of the public unlabeled utterances with their own pseudo-labels."""
   distinct = {}
   for p in points:
-    if len(p.used) > 0:
-      distinct.setdefault((p.method, tuple(p.used.tolist())), len(distinct))
+    if p["used"]:
+      distinct.setdefault((p["labels"], tuple(p["used"])), len(distinct))
   if not distinct:
-    return [1.0 for _ in points]
+    return {"test_wer": [], "test_wer_self_trained": [], "index": {}}
 
-  def students():
-    members = [_label_split(public, all_labels[m], np.asarray(used), ctx.tokenizer) for m, used in distinct]
-    r = _train_stage(ctx, "students", "students", members)
-    return {"test_wer": _wers(ctx, r.params, ctx.splits.test)}
+  def run():
+    labeled = [_labeled_split(queries, all_labels[m], np.asarray(u), ctx.tokenizer) for m, u in distinct]
+    common = dict(seed=ctx.streams.seed("ensemble/students"), progress=ctx.progress)
+    first = ensemble.train_ensemble(ctx.config.students, ctx.path("students"), ctx.model, labeled,
+                                    desc=f"{ctx.scenario}/students", init_params=public_params, **common)
+    if first.preempted:
+      raise Preempted("students")
+    wers = _test_wers(ctx, first.params)
+    second_cfg = ml_collections.ConfigDict(ctx.config.students.to_dict())
+    second_cfg.num_steps = ctx.config.students.self_training_steps
+    hyps = ensemble.transcribe_ensemble(ctx.model, first.params, rest, ctx.tokenizer,
+                                        batch_size=ctx.config.eval.batch_size)
+    mixed = [_concat(l, _pseudo_labeled(rest, h, ctx.tokenizer)) for l, h in zip(labeled, hyps)]
+    second = ensemble.train_ensemble(second_cfg, ctx.path("students_self_trained"), ctx.model, mixed,
+                                     desc=f"{ctx.scenario}/self-training", init_stacked_params=first.params,
+                                     **common)
+    if second.preempted:
+      raise Preempted("students_self_trained")
+    return {"test_wer": wers, "test_wer_self_trained": _test_wers(ctx, second.params),
+            "index": {f"{m}|{','.join(map(str, u))}": k for (m, u), k in distinct.items()}}
 
-  student_out = io_lib.run_stage(os.path.join(ctx.workdir, "students"), students)
-  return [student_out["test_wer"][distinct[(p.method, tuple(p.used.tolist()))]] if len(p.used) > 0 else 1.0
-          for p in points]
+  return io_lib.run_stage(ctx.path("students"), run)
 
 
-def _dpsgd_stage(ctx: _Scenario, sensitive) -> dict:
-  """6. DP-SGD at each finite target, noise calibrated to it."""
-  def dpsgd():
+def _concat(a: pipeline.SpeechSplit, b: pipeline.SpeechSplit) -> pipeline.SpeechSplit:
+  meta = {k: np.concatenate([a.metadata[k], b.metadata[k]]) for k in a.metadata if k in b.metadata}
+  return pipeline.SpeechSplit(list(a.features) + list(b.features), list(a.labels) + list(b.labels),
+                              list(a.transcripts) + list(b.transcripts), list(a.utterance_ids) + list(b.utterance_ids), meta)
+
+
+def dpsgd_stage(ctx: _Context, roles, public_params, unit: str) -> dict:
+  """DP-SGD at each target, at the speaker or utterance level, fine-tuned from the public model."""
+  name = f"dpsgd_{unit}"
+
+  def run():
     targets = [float(t) for t in ctx.pcfg.target_epsilons]
-    r = dpsgd_train.train_dpsgd(ctx.config, os.path.join(ctx.workdir, "dpsgd"), ctx.model, sensitive, targets,
-                                delta=ctx.pcfg.delta, rand=ctx.rand, name=ctx.scenario, progress=ctx.progress)
+    r = dpsgd_train.train_dpsgd(ctx.config, ctx.path(name), ctx.model, roles.sensitive, targets,
+                                delta=ctx.pcfg.delta, rand=ctx.rand, name=f"{ctx.scenario}/{unit}",
+                                progress=ctx.progress, unit=unit, init_params=public_params)
     if r.preempted:
-      raise Preempted("dpsgd")
-    return {"test_wer": _wers(ctx, r.params, ctx.splits.test), "noise_multipliers": r.noise_multipliers,
-            "epsilons": r.epsilons, "sampling_probability": r.sampling_probability, "steps": r.steps,
-            "train_seconds": r.train_seconds}
+      raise Preempted(name)
+    return {"test_wer": _test_wers(ctx, r.params), "noise_multipliers": r.noise_multipliers,
+            "epsilons": r.epsilons, "sampling_probability": r.sampling_probability, "steps": r.steps}
 
-  return io_lib.run_stage(os.path.join(ctx.workdir, "dpsgd"), dpsgd)
+  return io_lib.run_stage(ctx.path(name), run)
 
 
-def _records(ctx: _Scenario, points: list[_Point], student_wers: list[float], dp_out: dict,
-             floor_out: dict) -> list[dict]:
-  """The scenario's records: PATE points, DP-SGD per finite target, and the non-private floor
-  (which stands for DP-SGD at epsilon = inf)."""
+# -- the scenario and the run ------------------------------------------------------------
+
+
+def _records(ctx: _Context, points, students, dpsgd: dict, nonprivate: dict, public_out: dict) -> list[dict]:
   pcfg = ctx.pcfg
-  records = [{**p.record, "wer": w} for p, w in zip(points, student_wers)]
-  for target, w, sigma, eps in zip(pcfg.target_epsilons, dp_out["test_wer"], dp_out["noise_multipliers"],
-                                   dp_out["epsilons"]):
-    records.append({"method": "dpsgd", "scenario": ctx.scenario, "target_epsilon": float(target), "epsilon": eps,
-                    "delta": pcfg.delta, "wer": w, "unit": "utterance", "accountant": "rdp (Poisson subsampled Gaussian)",
-                    "queries_answered": None, "queries_total": None, "noise_multiplier": sigma,
-                    "sampling_probability": dp_out["sampling_probability"], "steps": dp_out["steps"],
-                    "randomness": ctx.rand.describe()})
-  records.append({"method": "nonprivate", "scenario": ctx.scenario, "target_epsilon": math.inf, "epsilon": math.inf,
-                  "delta": 0.0, "wer": floor_out["test_wer"], "unit": "none", "accountant": "none",
-                  "queries_answered": None, "queries_total": None})
+  records = []
+  for p in points:
+    key = f"{p['labels']}|{','.join(map(str, p['used']))}"
+    k = students["index"].get(key) if p["used"] else None
+    wer = 1.0 if k is None else students["test_wer_self_trained"][k]
+    wer_labels_only = 1.0 if k is None else students["test_wer"][k]
+    records.append({**p["record"], "wer": wer, "wer_before_self_training": wer_labels_only,
+                    "label_wer": p["label_wer"]})
+  for unit, out in dpsgd.items():
+    for target, w, sigma, eps in zip(pcfg.target_epsilons, out["test_wer"], out["noise_multipliers"],
+                                     out["epsilons"]):
+      records.append({"method": f"dpsgd_{unit}", "scenario": ctx.scenario, "unit": unit,
+                      "target_epsilon": float(target), "epsilon": eps, "epsilon_kind": "formal",
+                      "epsilon_data_independent": eps, "delta": pcfg.delta,
+                      "accountant": f"rdp (Poisson-subsampled Gaussian over {unit}s)", "wer": w,
+                      "noise_multiplier": sigma, "sampling_probability": out["sampling_probability"],
+                      "steps": out["steps"], "randomness": ctx.rand.describe()})
+  for method, eps, wer in (("public_only", 0.0, public_out["test_wer"]), ("nonprivate", math.inf, nonprivate["test_wer"])):
+    records.append({"method": method, "scenario": ctx.scenario, "unit": "speaker", "target_epsilon": eps,
+                    "epsilon": eps, "epsilon_kind": "formal" if eps == 0 else "none",
+                    "epsilon_data_independent": eps, "delta": 0.0, "accountant": "none", "wer": wer})
   return records
 
 
-def run_scenario(config, workdir: str, splits: data_lib.Splits, tokenizer: CharTokenizer, scenario: str,
-                 rand: DpRandomness) -> list[dict]:
+def run_scenario(config, workdir: str, splits: data_lib.Splits, tokenizer, scenario: str, rand: DpRandomness,
+                 model, public_params, public_out: dict) -> tuple[list[dict], dict]:
   pcfg = config.pate
-  streams = rng_lib.Streams(config.seed)  # Non-DP streams only: DP ones come from `rand`.
+  streams = rng_lib.Streams(config.seed)
   os.makedirs(workdir, exist_ok=True)
-  roles, parts = _prepare_roles(config, splits, scenario, streams)
-  ctx = _Scenario(config, workdir, scenario, splits, tokenizer, rand, streams,
-                  model=asr_lib.build_model(config.model, tokenizer.vocab_size),
-                  progress=config.get("progress", True))
+  ctx = _Context(config, workdir, scenario, splits, tokenizer, rand, streams, model)
+  roles = partition.split_roles(splits.train, scenario=scenario, public_fraction=pcfg.public_fraction,
+                                seed=config.seed, public_accents=tuple(pcfg.public_accents))
+  parts = partition.speaker_partition(roles.sensitive, pcfg.num_teachers, seed=config.seed)
+  # The query set is fixed before any teacher votes: a data-independent order of the public
+  # unlabeled utterances; the rest is the students' self-training pool.
+  order = streams.numpy("pate/query_order").permutation(len(roles.public))
+  num_queries = max(pcfg.query_utterances)
+  if num_queries >= len(roles.public):
+    raise ValueError(f"config.pate.query_utterances asks for {num_queries} public utterances, the {scenario} "
+                     f"scenario has {len(roles.public)} (some must remain for self-training)")
+  queries, rest = roles.public.subset(order[:num_queries]), roles.public.subset(order[num_queries:])
   print(f"[{scenario}] sensitive: {len(roles.sensitive)} utterances of {len(roles.sensitive_speakers)} speakers "
-        f"-> {pcfg.num_teachers} teachers; public: {len(roles.public)} utterances of "
-        f"{len(roles.public_speakers)} speakers; test: {len(splits.test)}")
-  floor_out = _floor_stage(ctx, roles)
-  teachers = _teacher_stage(ctx, roles, parts)
-  label_dir = os.path.join(workdir, "labels")
-  os.makedirs(label_dir, exist_ok=True)
-  all_labels = _label_public(ctx, teachers, roles.public, label_dir)
-  orders = np.asarray(pcfg.orders if pcfg.orders else pate_accounting.DEFAULT_ORDERS, np.float64)
-  # Release order: a permutation of the public utterances, not DP randomness.
-  order = streams.numpy("pate/release_order").permutation(len(roles.public))
-  releases = _Releases(label_dir)
-  points = [p for method in ("plurality",) + tuple(pcfg.methods)
-            for p in _account_method(ctx, method, all_labels[method], roles.public, orders, order, releases)]
-  student_wers = _train_students(ctx, roles.public, all_labels, points)
-  dp_out = _dpsgd_stage(ctx, roles.sensitive)
-  return _records(ctx, points, student_wers, dp_out, floor_out)
-
-
-def _release(pcfg, labels, released, costs, orders, method, *, rng: int) -> dict:
-  """GNSS release of the data-dependent cost at `pcfg.ss_order` (Papernot et al. 2018),
-  with noise seeded by `rng` (secret: see `release_seed`)."""
-  votes = np.concatenate([labels.votes[i] for i in released])
-  answered = np.concatenate([labels.answered[i] for i in released])
-  cfg_kwargs = dict(sigma=pcfg.gnmax_sigma) if method == "gnmax" else dict(
-      sigma=pcfg.confident_sigma, answered_mask=answered, threshold=pcfg.confident_threshold,
-      sigma_threshold=pcfg.confident_sigma_threshold)
-  ls = pate_accounting.total_local_sensitivity(votes, pcfg.num_teachers, pcfg.ss_order, **cfg_kwargs)
-  ss = pate_accounting.smooth_sensitivity(ls, pcfg.ss_beta)
-  k = int(np.argmin(np.abs(orders - pcfg.ss_order)))
-  rdp_dd = float(costs.dependent[released, k].sum())
-  r = pate_accounting.release_data_dependent_epsilon(rdp_dd, ss, pcfg.ss_beta, pcfg.ss_sigma, float(orders[k]),
-                                                     pcfg.delta, rng=rng)
-  return {"order": r.order, "smooth_sensitivity": ss, "noisy_epsilon_estimate": r.noisy_epsilon,
-          "release_epsilon": r.release_epsilon,
-          "note": "noisy_epsilon_estimate is a noisy estimate of the data-dependent cost (no worst-case "
-                  "guarantee); release_epsilon is the formal cost of publishing it; epsilon_data_independent "
-                  "is the worst-case guarantee of the labels."}
+        f"-> {pcfg.num_teachers} teachers; public unlabeled: {len(roles.public)} utterances of "
+        f"{len(roles.public_speakers)} speakers ({num_queries} queried); test: {len(splits.test)}")
+  nonprivate = nonprivate_stage(ctx, roles, public_params)
+  teachers = teacher_stage(ctx, roles, parts, public_params)
+  plan = query_plan(pcfg)
+  all_labels = label_stage(ctx, teachers, queries, plan)
+  points = privacy_stage(ctx, all_labels, queries, plan)
+  students = student_stage(ctx, points, all_labels, queries, rest, public_params)
+  dpsgd = {unit: dpsgd_stage(ctx, roles, public_params, unit) for unit in config.dpsgd.units}
+  return _records(ctx, points, students, dpsgd, nonprivate, public_out), nonprivate
 
 
 def _fmt_eps(x):
@@ -443,41 +461,40 @@ def _fmt_eps(x):
 
 
 def table(records: list[dict]) -> str:
-  rows = ["method                      scenario    target  epsilon  (dd / di)          delta    WER     rel.red. vs DP-SGD  answered/total queries"]
-  dp = {(r["scenario"], r["target_epsilon"]): r["wer"] for r in records if r["method"] == "dpsgd"}
+  """Published figures only: epsilon (and its kind), the data-independent bound, WER."""
+  rows = ["method                       scenario    unit       target  epsilon  kind                      "
+          "eps (data-indep.)  delta    WER     vs DP-SGD (speaker)"]
+  base = {(r["scenario"], r["target_epsilon"]): r["wer"] for r in records if r["method"] == "dpsgd_speaker"}
   for r in records:
-    base = dp.get((r["scenario"], r["target_epsilon"]))
-    rel = "" if base is None or r["method"] in ("dpsgd", "nonprivate") or base == 0 else f"{100 * (base - r['wer']) / base:+.1f}%"
-    dd = "" if "epsilon_data_dependent" not in r else f"({_fmt_eps(r['epsilon_data_dependent'])} / {_fmt_eps(r['epsilon_data_independent'])})"
-    queries = "" if r["queries_total"] is None else f"{r['queries_answered']}/{r['queries_total']}"
-    rows.append(f"{METHOD_LABELS.get(r['method'].removeprefix('pate_'), r['method']):27s} {r['scenario']:10s} "
-                f"{_fmt_eps(r['target_epsilon']):>6s}  {_fmt_eps(r['epsilon']):>7s}  {dd:22s} {r['delta']:.0e}  "
-                f"{100 * r['wer']:6.2f}%  {rel:>18s}  {queries}")
+    b = base.get((r["scenario"], r["target_epsilon"]))
+    rel = ("" if b is None or not r["method"].startswith("pate_") or b == 0 else
+           f"{100 * (b - r['wer']) / b:+.1f}%")
+    over = " (over target)" if r.get("within_target") is False else ""
+    rows.append(f"{METHOD_LABELS.get(r['method'], r['method']):28s} {r['scenario']:10s}  {r['unit']:9s}  "
+                f"{_fmt_eps(r['target_epsilon']):>6s}  {_fmt_eps(r['epsilon']):>7s}  "
+                f"{r['epsilon_kind'] + over:24s}  {_fmt_eps(r['epsilon_data_independent']):>17s}  "
+                f"{r['delta']:.0e}  {100 * r['wer']:6.2f}%  {rel:>8s}")
   return "\n".join(rows)
 
 
 def plot(records: list[dict], path: str) -> None:
   scenarios = sorted({r["scenario"] for r in records})
-  fig, axes = plt.subplots(1, len(scenarios), figsize=(6.5 * len(scenarios), 4.5), squeeze=False)
+  fig, axes = plt.subplots(1, len(scenarios), figsize=(7 * len(scenarios), 4.8), squeeze=False)
   for ax, scenario in zip(axes[0], scenarios):
     rs = [r for r in records if r["scenario"] == scenario]
-    finite = sorted({r["target_epsilon"] for r in rs if not math.isinf(r["target_epsilon"])})
-    inf_x = (max(finite) * 2.5) if finite else 1.0
-    for method in ["dpsgd", "pate_lnmax", "pate_gnmax", "pate_confident_gnmax", "pate_noisy_average"]:
-      pts = sorted((r["target_epsilon"], r["wer"]) for r in rs if r["method"] == method)
-      if method.startswith("pate_"):
-        pts += [(math.inf, r["wer"]) for r in rs if r["method"] == "pate_noiseless"]
-      if not pts:
-        continue
-      xs = [inf_x if math.isinf(x) else x for x, _ in pts]
-      ax.plot(xs, [100 * w for _, w in pts], "o-", label=METHOD_LABELS[method.removeprefix("pate_")])
-    floor = [r["wer"] for r in rs if r["method"] == "nonprivate"]
-    if floor:
-      ax.axhline(100 * floor[0], color="k", ls="--", label="non-private")
+    for method in ("dpsgd_speaker", "dpsgd_utterance", "pate_lnmax", "pate_gnmax", "pate_confident_gnmax",
+                   "pate_noisy_average"):
+      pts = sorted((r["epsilon"], r["wer"]) for r in rs if r["method"] == method and math.isfinite(r["epsilon"]))
+      if pts:
+        ax.plot([x for x, _ in pts], [100 * w for _, w in pts], "o-" if method.startswith("pate") else "s--",
+                label=METHOD_LABELS[method])
+    for method, style in (("public_only", ":"), ("nonprivate", "--")):
+      wer = [r["wer"] for r in rs if r["method"] == method]
+      if wer:
+        ax.axhline(100 * wer[0], color="k", ls=style, label=METHOD_LABELS[method])
     ax.set_xscale("log")
-    ticks = finite + [inf_x]
-    ax.set_xticks(ticks, [f"{t:g}" for t in finite] + ["inf"])
-    ax.set(xlabel="target epsilon (delta fixed)", ylabel="test WER (%)", title=f"{scenario} scenario")
+    ax.set(xlabel="published epsilon (delta fixed; PATE: speaker level)", ylabel="test WER (%)",
+           title=f"{scenario} scenario")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
   fig.tight_layout()
@@ -492,20 +509,31 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict | None:
   start = time.perf_counter()
   rand = DpRandomness.from_config(config.seed, config.insecure_reproducible_noise)
   check_workdir_randomness(workdir, rand)  # Before any work.
-  tokenizer = CharTokenizer()
+  tokenizer = data_lib.make_tokenizer(config)
   splits = data_lib.load_splits(config, tokenizer)
-  records = []
+  public = data_lib.load_public(config, tokenizer)
+  model = asr_lib.build_model(config.model, tokenizer.vocab_size)
+  ctx = _Context(config, workdir, "public", splits, tokenizer, rand, rng_lib.Streams(config.seed), model)
+  records, nonprivate = [], {}
   try:
+    public_params, public_out = public_stage(ctx, public)
     for scenario in config.pate.scenarios:
-      records += run_scenario(config, os.path.join(workdir, scenario), splits, tokenizer, scenario, rand)
+      scenario_records, nonprivate[scenario] = run_scenario(
+          config, os.path.join(workdir, scenario), splits, tokenizer, scenario, rand, model, public_params,
+          public_out)
+      records += scenario_records
   except Preempted as e:
     print(f"stopped by a signal during stage {e}; rerun the same command to resume")
     return None
   plot(records, os.path.join(workdir, "figures", "wer_vs_epsilon.png"))
-  results = {"records": records, "config": config.to_dict(), "wall_seconds_this_run": time.perf_counter() - start}
+  results = {"public_only_wer": public_out["test_wer"],
+             "nonprivate_wer": nonprivate[config.pate.scenarios[0]]["test_wer"],
+             "records": records, "config": config.to_dict(), "wall_seconds_this_run": time.perf_counter() - start}
   io_lib.write_results(workdir, results, sort_keys=True)
   print("\n" + table(records))
-  print("\nepsilon: what stopped labeling (config.pate.budget); dd = data-dependent (private value, released "
-        "with smooth sensitivity in results.json), di = data-independent (worst-case guarantee).")
+  print("\nepsilon: the published guarantee at delta for the unit shown. kind 'formal': a worst-case bound "
+        "(RDP accountant); 'data_dependent_released': the data-dependent epsilon released with smooth "
+        "sensitivity (its release cost included). Private diagnostics (teacher WERs, vote agreement) are under "
+        "<workdir>/<scenario>/private/ and are not differentially private: do not publish them.")
   print(f"results: {os.path.join(workdir, 'results.json')}\nfigure: {os.path.join(workdir, 'figures', 'wer_vs_epsilon.png')}")
   return results

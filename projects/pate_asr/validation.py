@@ -41,6 +41,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if m.encoder == "conformer":
     require(m.dim % m.num_heads == 0, "model.dim", f"must be divisible by model.num_heads={m.num_heads}", m.dim)
   require(0.0 <= m.dropout < 1.0, "model.dropout", "must be in [0, 1)", m.dropout)
+  units = m.get("units", "chars")
+  require(units in ("chars", "words"), "model.units", "must be 'chars' or 'words'", units)
+  if units == "words":
+    require(len(m.get("vocabulary", ())) > 0, "model.vocabulary",
+             "must list the public word vocabulary when model.units='words'", m.get("vocabulary", ()))
   for field in ("batch_size", "num_steps", "log_every", "eval_every", "checkpoint_every", "num_buckets"):
     positive_int(config, f"train.{field}")
   require(t.learning_rate > 0, "train.learning_rate", "must be > 0", t.learning_rate)
@@ -57,6 +62,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
 PATE_METHODS = ("lnmax", "gnmax", "confident_gnmax", "noisy_average")
 TRAIN_FIELDS = ("batch_size", "num_steps", "log_every", "checkpoint_every", "num_buckets")
+DPSGD_UNITS = ("speaker", "utterance")
+
+
+def _check_train_section(config, section: str) -> None:
+  for field in TRAIN_FIELDS:
+    positive_int(config, f"{section}.{field}")
+  require(config[section].learning_rate > 0, f"{section}.learning_rate", "must be > 0",
+           config[section].learning_rate)
 
 
 def validate_pate(config: ml_collections.ConfigDict) -> None:
@@ -64,39 +77,40 @@ def validate_pate(config: ml_collections.ConfigDict) -> None:
   noise = config.get("insecure_reproducible_noise")
   require(isinstance(noise, bool), "insecure_reproducible_noise", "must be a bool (False: secret DP noise; "
            "True only for tests/debugging)", noise)
+  names = tuple(c.name for c in synthetic_speech.BUILDER_CONFIGS)
+  require(config.data.public_config in names, "data.public_config",
+           f"must name the public labeled corpus, one of {names}", config.data.public_config)
   p = config.pate
   for scenario in p.scenarios:
     require(scenario in ("matched", "mismatched"), "pate.scenarios", "must hold 'matched'/'mismatched'", scenario)
   for method in p.methods:
     require(method in PATE_METHODS, "pate.methods", f"must hold methods of {PATE_METHODS}", method)
   positive_int(config, "pate.num_teachers")
-  require(p.max_public_utterances >= 0, "pate.max_public_utterances", "must be >= 0 (0 means all)",
-           p.max_public_utterances)
   positive_int(config, "pate.label_batch_size")
   positive_int(config, "pate.max_symbols_per_frame")
-  decode = p.get("decode", "label_sync")
-  require(decode in aggregation.DECODES, "pate.decode",
-           "must be " + " or ".join(repr(d) for d in aggregation.DECODES), decode)
+  positive_int(config, "pate.max_queries_per_utterance")
+  require(p.decode in aggregation.DECODES, "pate.decode",
+           "must be " + " or ".join(repr(d) for d in aggregation.DECODES), p.decode)
   require(0.0 < p.delta < 1.0, "pate.delta", "must be in (0, 1)", p.delta)
   require(len(p.target_epsilons) > 0 and all(e > 0 for e in p.target_epsilons), "pate.target_epsilons",
            "must be positive numbers", tuple(p.target_epsilons))
-  require(p.budget in ("data_dependent", "data_independent"), "pate.budget",
-           "must be 'data_dependent' or 'data_independent'", p.budget)
+  require(len(p.query_utterances) == len(p.target_epsilons) and all(
+      isinstance(n, int) and n >= 1 for n in p.query_utterances), "pate.query_utterances",
+           "must give one positive number of public utterances per target epsilon", tuple(p.query_utterances))
   for field in ("lnmax_scale", "gnmax_sigma", "confident_sigma", "confident_sigma_threshold",
                 "noisy_average_sigma", "ss_beta", "ss_sigma"):
     require(p[field] > 0, f"pate.{field}", "must be > 0", p[field])
   require(1 < p.ss_order < 1 / (2 * p.ss_beta), "pate.ss_order", "must be in (1, 1 / (2 * pate.ss_beta))",
            p.ss_order)
-  for section in ("teachers", "students"):
-    for field in TRAIN_FIELDS:
-      positive_int(config, f"{section}.{field}")
-    require(config[section].learning_rate > 0, f"{section}.learning_rate", "must be > 0",
-             config[section].learning_rate)
+  for section in ("public_train", "teachers", "students"):
+    _check_train_section(config, section)
+  positive_int(config, "students.self_training_steps")
   d = config.dpsgd
-  for field in ("num_steps", "physical_batch_size", "checkpoint_every"):
+  for unit in d.units:
+    require(unit in DPSGD_UNITS, "dpsgd.units", f"must hold units of {DPSGD_UNITS}", unit)
+  for field in ("num_steps", "physical_batch_size", "checkpoint_every", "max_utterances_per_speaker"):
     positive_int(config, f"dpsgd.{field}")
-  require(d.expected_batch_size > 0, "dpsgd.expected_batch_size", "must be > 0", d.expected_batch_size)
-  require(d.l2_clip_norm > 0, "dpsgd.l2_clip_norm", "must be > 0", d.l2_clip_norm)
-  require(d.learning_rate > 0, "dpsgd.learning_rate", "must be > 0", d.learning_rate)
+  for field in ("expected_batch_size", "expected_speakers", "l2_clip_norm", "learning_rate"):
+    require(d[field] > 0, f"dpsgd.{field}", "must be > 0", d[field])
   require(config.model.name == "transducer", "model.name", "must be 'transducer' for PATE (sequence "
            "queries are transducer decoding steps)", config.model.name)

@@ -38,7 +38,8 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
 
   config.data = ml_collections.ConfigDict()
   config.data.corpus = "synthetic"  # "synthetic" or "librispeech".
-  config.data.synthetic_config = "digits"  # digits | sentences | tiny
+  config.data.synthetic_config = "digits"  # digits | sentences | tiny | ...
+  config.data.public_config = ""  # The PATE sweep's public labeled corpus ("" elsewhere).
   config.data.data_dir = ""  # "": $TSML_DATA_DIR or <repo>/data/tfds.
   config.data.librispeech_dir = ""  # LibriSpeech root with train-clean-100/, dev-clean/, ...
   config.data.train_split = "train"
@@ -60,6 +61,8 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
   config.model.embed_dim = 64
   config.model.predictor_dim = 128
   config.model.joint_dim = 128
+  config.model.units = "chars"  # "chars" or "words" (over model.vocabulary, a public word list).
+  config.model.vocabulary = ()
 
   config.train = ml_collections.ConfigDict()
   config.train.batch_size = 32

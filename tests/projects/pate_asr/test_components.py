@@ -1,17 +1,15 @@
 """PATE-ASR building blocks: data roles, speaker partition, the noisy ensemble labeler and
 the budget prefix."""
 
-import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from dp_accounting.rdp import rdp_privacy_accountant
 
 from libs.data import pipeline
 from libs.models import asr as asr_lib
-from projects.pate_asr import aggregation, ensemble, partition, sweep
+from projects.pate_asr import aggregation, ensemble, partition
 from projects.pate_asr.configs import sweep as sweep_configs
 
 
@@ -126,41 +124,3 @@ def test_every_query_holds_one_vote_per_teacher(tiny_teachers, decode):
         assert out["labeled"][b] and out["answered"][b, :q].all()
       elif not out["labeled"][b]:
         assert not out["answered"][b, q - 1]  # stopped at the first unanswered step
-
-
-def test_released_prefix_stops_before_the_target():
-  orders = np.array([2.0, 4.0, 8.0, 16.0])
-  rng = np.random.default_rng(0)
-  costs = rng.uniform(0.0, 0.05, (50, 4)) * orders
-  for target in (0.5, 2.0, 5.0):
-    count, total = sweep.released_prefix(costs, orders, target, 1e-5)
-    eps = lambda rdp: rdp_privacy_accountant.compute_epsilon(orders, rdp, 1e-5)[0]
-    assert eps(costs[:count].sum(0)) <= target
-    if count < 50:
-      assert eps(costs[: count + 1].sum(0)) > target  # the next utterance would pass it
-    np.testing.assert_allclose(total, costs[:count].sum(0))
-  assert sweep.released_prefix(costs, orders, math.inf, 1e-5)[0] == 50
-
-
-def test_epsilon_floor_is_the_smallest_target_that_releases_a_unanimous_answer():
-  orders = np.asarray(sweep.pate_accounting.DEFAULT_ORDERS, np.float64)
-  cfg = aggregation.AggregatorConfig("gnmax", sigma=1.0)
-  floors = {k: sweep.epsilon_floor(cfg, num_teachers=k, vocab_size=29, orders=orders, delta=1e-5)
-            for k in (4, 8, 16, 32)}
-  assert floors[4] >= floors[8] >= floors[16] >= floors[32] >= 0.0
-  # Independent bound: Theorem 6 needs order < mu1 = sigma sqrt(log 1/q) + 1, where the
-  # Prop. 7 bound for 8 unanimous votes among 29 classes is q = 28 * erfc(8 / 2) / 2, so the
-  # order stays below ~5, where even a zero RDP converts to
-  # epsilon >= log(1 - 1/lam) + (log(1/delta) - log lam) / (lam - 1).
-  mu1 = math.sqrt(-math.log(28 * 0.5 * math.erfc(8.0 / 2))) + 1
-  lam = np.array([o for o in orders if o < mu1])
-  assert floors[8] >= np.min(np.log1p(-1 / lam) + (math.log(1e5) - np.log(lam)) / (lam - 1)) > 2.0
-  # With 32 votes the divergence at order 1.25 is far below delta^2: (0, delta) by total variation.
-  assert floors[32] == 0.0
-  for k in (4, 8):
-    votes = np.zeros((1, 29), np.int64)
-    votes[0, 5] = k
-    one = aggregation.Labels([np.zeros(0, np.int32)], np.array([True]), [votes], [np.array([True])])
-    costs = aggregation.query_costs(one, cfg, num_teachers=k, orders=orders).dependent
-    assert sweep.released_prefix(costs, orders, floors[k] * 1.001, 1e-5)[0] == 1
-    assert sweep.released_prefix(costs, orders, floors[k] * 0.999, 1e-5)[0] == 0
