@@ -3,8 +3,8 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
-WORKDIR ?= workdirs/nonprivate
-CONFIG ?= projects/pate_asr/configs/nonprivate.py:default
+WORKDIR ?= workdirs/pate_quick
+CONFIG ?= projects/pate_asr/configs/sweep.py:quick
 
 .PHONY: install run test test-fast bench clean
 

@@ -318,7 +318,8 @@ def release_data_dependent_epsilon(data_dependent_rdp: float, smooth_sens: float
        D_lambda(M(D) || M(D')) for the actual data D only, and is a function of D.
     2. SS = a beta-smooth upper bound on the local sensitivity of eps_dd as a function of D,
        e.g. smooth_sensitivity(total_local_sensitivity(...), beta) for the same queries.
-    3. Release eps~ = eps_dd + SS * N(0, sigma_ss^2) (this function draws the noise).
+    3. Release eps~ = eps_dd + SS * N(0, sigma_ss^2) (this function draws the noise); the
+       published total is max(eps~, 0) + release_rdp, never below the release's own cost.
   Guarantees:
     * Publishing eps~ is (lambda', gnss_rdp(beta, sigma_ss, lambda'))-RDP for every
       1 < lambda' < 1/(2 beta), for all datasets (formal): `release_rdp` /
@@ -361,7 +362,9 @@ def release_data_dependent_epsilon(data_dependent_rdp: float, smooth_sens: float
   if not isinstance(rng, np.random.Generator):
     raise ValueError(f"rng must be a numpy Generator or an int seed, got {rng!r}")
   noisy = eps_dd + ss * float(sigma_ss) * float(rng.standard_normal())
-  total = noisy + release
+  # The true cost is >= 0: clipping the noisy value there is post-processing, and keeps the
+  # published total at least the release's own (formal) cost.
+  total = max(noisy, 0.0) + release
   return ReleasedEpsilon(order=order, delta=delta, noisy_data_dependent_rdp=noisy,
                          release_rdp=release, noisy_total_rdp=total,
                          noisy_epsilon=_epsilon_at_order(order, total, delta),

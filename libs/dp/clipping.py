@@ -73,6 +73,20 @@ def _weights_check_on_host(weights) -> np.ndarray:
   return np.zeros((), np.float32)
 
 
+def example_weight_array(example_weights, size: int) -> jax.Array:
+  """Per-example weights as a float32 [size] array (ones when None), checked to lie in [0, 1].
+
+  The shape must be exactly [size]: a [B, 1] mask would broadcast against [B] losses.
+  """
+  weights = (jnp.ones((size,), jnp.float32) if example_weights is None
+             else jnp.asarray(example_weights, jnp.float32))
+  if weights.shape != (size,):
+    raise ValueError(f"example_weights must have shape ({size},), got {weights.shape}")
+  if example_weights is not None:
+    weights = _check_example_weights(example_weights, weights)
+  return weights
+
+
 def _check_example_weights(example_weights, weights: jax.Array) -> jax.Array:
   """Rejects per-example weights outside [0, 1] (or NaN).
 
@@ -169,12 +183,7 @@ def clipped_grad(
 
   def grad_fn(params, *batch, example_weights=None):
     size = _batch_size(batch)
-    weights = (jnp.ones((size,), jnp.float32) if example_weights is None
-               else jnp.asarray(example_weights, jnp.float32))
-    if weights.shape != (size,):
-      raise ValueError(f"example_weights must have shape ({size},), got {weights.shape}")
-    if example_weights is not None:
-      weights = _check_example_weights(example_weights, weights)
+    weights = example_weight_array(example_weights, size)
     if microbatch_size is None or microbatch_size >= size:
       grads, aux, norms = clipped_sum(params, batch, weights)
     else:

@@ -44,7 +44,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from libs.dp.clipping import _check_clip_norm, _check_example_weights, clip_factor
+from libs.dp.clipping import _check_clip_norm, clip_factor, example_weight_array
 from libs.models import lstm as lstm_lib
 
 
@@ -348,12 +348,7 @@ def ghost_clipped_grad(
     if out.ndim != 1:
       raise ValueError(f"per_example_loss_fn must return per-example losses [B], got shape {out.shape}")
     size = out.shape[0]
-    weights = (jnp.ones((size,), jnp.float32) if example_weights is None
-               else jnp.asarray(example_weights, jnp.float32))
-    if weights.shape != (size,):  # A [B, 1] mask would broadcast against the [B] losses.
-      raise ValueError(f"example_weights must have shape ({size},), got {weights.shape}")
-    if example_weights is not None:
-      weights = _check_example_weights(example_weights, weights)
+    weights = example_weight_array(example_weights, size)
     zeros = {k: jnp.zeros(s.shape, s.dtype) for k, s in shapes.items()}
 
     def total_loss(perturbations):

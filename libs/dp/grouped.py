@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from libs.dp.clipping import _batch_size, _check_clip_norm, _check_example_weights, clip_factor, tree_l2_norm
+from libs.dp.clipping import _batch_size, _check_clip_norm, clip_factor, example_weight_array, tree_l2_norm
 
 
 def _check_num_groups(num_groups: int) -> int:
@@ -80,12 +80,7 @@ def group_grad_sums(loss_fn: Callable[..., Any], params: Any, batch: Any, group_
   num_groups = _check_num_groups(num_groups)
   size = _batch_size(batch)
   ids = _check_group_ids(group_ids, size)
-  weights = (jnp.ones((size,), jnp.float32) if example_weights is None
-             else jnp.asarray(example_weights, jnp.float32))
-  if weights.shape != (size,):
-    raise ValueError(f"example_weights must have shape ({size},), got {weights.shape}")
-  if example_weights is not None:
-    weights = _check_example_weights(example_weights, weights)
+  weights = example_weight_array(example_weights, size)
 
   def example_loss(p, example):
     return jnp.sum(loss_fn(p, jax.tree.map(lambda x: x[None], example)))

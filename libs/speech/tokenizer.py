@@ -27,10 +27,47 @@ BLANK_ID = 0
 
 
 class Tokenizer:
-  """What every tokenizer shares: padded batch encoding of its `encode`."""
+  """A fixed list of output units (characters or words); id 0 is the CTC/transducer blank.
+
+  Subclasses set `units` (the symbols of ids 1..n), `_separator` (what joins decoded units)
+  and `_unit_name`, and split text into units in `_split`.
+  """
+
+  units: tuple[str, ...]
+  _separator: str
+  _unit_name: str
+
+  def _set_units(self, units: Sequence[str]) -> None:
+    self.units = tuple(units)
+    self._ids = {u: i + 1 for i, u in enumerate(self.units)}
+
+  def _split(self, text: str) -> Sequence[str]:
+    raise NotImplementedError
+
+  @property
+  def vocab_size(self) -> int:
+    return len(self.units) + 1
+
+  @property
+  def blank_id(self) -> int:
+    return BLANK_ID
 
   def encode(self, text: str, *, context: str = "") -> list[int]:
-    raise NotImplementedError
+    """Ids of `text`; raises ValueError naming the unknown unit (and `context`, e.g. an
+    utterance id)."""
+    try:
+      return [self._ids[u] for u in self._split(text)]
+    except KeyError as e:
+      where = f" in {context}" if context else ""
+      raise ValueError(f"unknown {self._unit_name} {e.args[0]!r}{where} (transcript {text!r}); the "
+                       f"tokenizer accepts {self._accepts()}") from None
+
+  def _accepts(self) -> str:
+    return repr(self.units)
+
+  def decode(self, ids: Sequence[int]) -> str:
+    """Text of `ids`, skipping blanks and ids outside the vocabulary (e.g. padding)."""
+    return self._separator.join(self.units[i - 1] for i in ids if 0 < i <= len(self.units))
 
   def encode_batch(self, texts: Sequence[str], *, pad_to: int | None = None,
                    contexts: Sequence[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -47,43 +84,33 @@ class Tokenizer:
 
 
 class CharTokenizer(Tokenizer):
-  """Maps lowercase English text to ids; id 0 is the CTC/transducer blank."""
+  """Maps lowercase English text to one id per character."""
+
+  _separator = ""
+  _unit_name = "character"
 
   def __init__(self, alphabet: str = " '" + string.ascii_lowercase):
     if len(set(alphabet)) != len(alphabet):
       raise ValueError(f"alphabet has repeated characters: {alphabet!r}")
     self.alphabet = alphabet
-    self._ids = {c: i + 1 for i, c in enumerate(alphabet)}
+    self._set_units(alphabet)
 
-  @property
-  def vocab_size(self) -> int:
-    return len(self.alphabet) + 1
+  def _split(self, text: str) -> Sequence[str]:
+    return text
 
-  @property
-  def blank_id(self) -> int:
-    return BLANK_ID
-
-  def encode(self, text: str, *, context: str = "") -> list[int]:
-    """Ids of `text`; raises ValueError naming the character (and `context`, e.g. an
-    utterance id) for characters outside the alphabet."""
-    try:
-      return [self._ids[c] for c in text]
-    except KeyError as e:
-      where = f" in {context}" if context else ""
-      raise ValueError(f"unknown character {e.args[0]!r}{where} (transcript {text!r}); the "
-                       f"tokenizer accepts {self.alphabet!r}") from None
-
-  def decode(self, ids: Sequence[int]) -> str:
-    """Text of `ids`, skipping blanks and ids outside the vocabulary (e.g. padding)."""
-    return "".join(self.alphabet[i - 1] for i in ids if 0 < i <= len(self.alphabet))
+  def _accepts(self) -> str:
+    return repr(self.alphabet)
 
 
 class WordTokenizer(Tokenizer):
-  """Maps text over a fixed vocabulary to one id per word; id 0 is the blank.
+  """Maps text over a fixed vocabulary to one id per word.
 
   The vocabulary must be public (a grammar's word list, never read from private
   transcripts): the ids are the answer domain of every PATE query.
   """
+
+  _separator = " "
+  _unit_name = "word"
 
   def __init__(self, words: Sequence[str]):
     words = tuple(words)
@@ -95,30 +122,10 @@ class WordTokenizer(Tokenizer):
     if bad:
       raise ValueError(f"vocabulary entries must be non-empty words without spaces, got {bad!r}")
     self.words = words
-    self._ids = {w: i + 1 for i, w in enumerate(words)}
+    self._set_units(words)
 
-  @property
-  def vocab_size(self) -> int:
-    return len(self.words) + 1
-
-  @property
-  def blank_id(self) -> int:
-    return BLANK_ID
-
-  def encode(self, text: str, *, context: str = "") -> list[int]:
-    """Ids of the whitespace-separated words of `text`; ValueError naming an unknown word."""
-    try:
-      return [self._ids[w] for w in text.split()]
-    except KeyError as e:
-      where = f" in {context}" if context else ""
-      raise ValueError(f"unknown word {e.args[0]!r}{where} (transcript {text!r}); the vocabulary is "
-                       f"{self.words!r}") from None
-
-  def decode(self, ids: Sequence[int]) -> str:
-    """Words of `ids` joined by spaces, skipping blanks and ids outside the vocabulary."""
-    return " ".join(self.words[i - 1] for i in ids if 0 < i <= len(self.words))
-
-
+  def _split(self, text: str) -> Sequence[str]:
+    return text.split()
 
 
 def make_tokenizer(units: str, vocabulary: Sequence[str] = ()) -> CharTokenizer | WordTokenizer:

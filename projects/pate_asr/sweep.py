@@ -340,9 +340,21 @@ def _pseudo_labeled(split, hyps: list[str], tokenizer) -> pipeline.SpeechSplit:
   return sub
 
 
-def student_stage(ctx: _Context, points: list[dict], all_labels: dict, queries, rest, public_params) -> dict:
-  """Students: fine-tuned from the public model on released labels, then self-trained on the
-  rest of the public unlabeled utterances with their own pseudo-labels."""
+def _with_public(labeled: pipeline.SpeechSplit, public_labeled: pipeline.SpeechSplit | None) -> pipeline.SpeechSplit:
+  """The released labels mixed with the public labeled corpus (free: public data), the labels
+  repeated (up to 8 times, at most to a third of the mix) so that the in-domain utterances are
+  not drowned out, while a handful of noisy labels cannot dominate."""
+  if public_labeled is None:
+    return labeled
+  reps = max(1, min(8, len(public_labeled) // (2 * len(labeled))))
+  return _concat(labeled.subset(np.tile(np.arange(len(labeled)), reps)), public_labeled)
+
+
+def student_stage(ctx: _Context, points: list[dict], all_labels: dict, queries, rest, public_params,
+                  public_labeled: pipeline.SpeechSplit | None = None) -> dict:
+  """Students: fine-tuned from the public model on released labels (with the public labeled
+  corpus mixed in when given), then self-trained on the rest of the public unlabeled
+  utterances with their own pseudo-labels."""
   distinct = {}
   for p in points:
     if p["used"]:
@@ -353,7 +365,8 @@ def student_stage(ctx: _Context, points: list[dict], all_labels: dict, queries, 
   def run():
     labeled = [_labeled_split(queries, all_labels[m], np.asarray(u), ctx.tokenizer) for m, u in distinct]
     common = dict(seed=ctx.streams.seed("ensemble/students"), progress=ctx.progress)
-    first = ensemble.train_ensemble(ctx.config.students, ctx.path("students"), ctx.model, labeled,
+    first = ensemble.train_ensemble(ctx.config.students, ctx.path("students"), ctx.model,
+                                    [_with_public(l, public_labeled) for l in labeled],
                                     desc=f"{ctx.scenario}/students", init_params=public_params, **common)
     if first.preempted:
       raise Preempted("students")
@@ -362,7 +375,8 @@ def student_stage(ctx: _Context, points: list[dict], all_labels: dict, queries, 
     second_cfg.num_steps = ctx.config.students.self_training_steps
     hyps = ensemble.transcribe_ensemble(ctx.model, first.params, rest, ctx.tokenizer,
                                         batch_size=ctx.config.eval.batch_size)
-    mixed = [_concat(l, _pseudo_labeled(rest, h, ctx.tokenizer)) for l, h in zip(labeled, hyps)]
+    mixed = [_with_public(_concat(l, _pseudo_labeled(rest, h, ctx.tokenizer)), public_labeled)
+             for l, h in zip(labeled, hyps)]
     second = ensemble.train_ensemble(second_cfg, ctx.path("students_self_trained"), ctx.model, mixed,
                                      desc=f"{ctx.scenario}/self-training", init_stacked_params=first.params,
                                      **common)
@@ -426,8 +440,8 @@ def _records(ctx: _Context, points, students, dpsgd: dict, nonprivate: dict, pub
   return records
 
 
-def run_scenario(config, workdir: str, splits: data_lib.Splits, tokenizer, scenario: str, rand: DpRandomness,
-                 model, public_params, public_out: dict) -> tuple[list[dict], dict]:
+def run_scenario(config, workdir: str, splits: data_lib.Splits, public: data_lib.Splits, tokenizer, scenario: str,
+                 rand: DpRandomness, model, public_params, public_out: dict) -> tuple[list[dict], dict]:
   pcfg = config.pate
   streams = rng_lib.Streams(config.seed)
   os.makedirs(workdir, exist_ok=True)
@@ -451,7 +465,8 @@ def run_scenario(config, workdir: str, splits: data_lib.Splits, tokenizer, scena
   plan = query_plan(pcfg)
   all_labels = label_stage(ctx, teachers, queries, plan)
   points = privacy_stage(ctx, all_labels, queries, plan)
-  students = student_stage(ctx, points, all_labels, queries, rest, public_params)
+  students = student_stage(ctx, points, all_labels, queries, rest, public_params,
+                           public.train if config.students.get("mix_public_labeled", False) else None)
   dpsgd = {unit: dpsgd_stage(ctx, roles, public_params, unit) for unit in config.dpsgd.units}
   return _records(ctx, points, students, dpsgd, nonprivate, public_out), nonprivate
 
@@ -519,7 +534,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict | None:
     public_params, public_out = public_stage(ctx, public)
     for scenario in config.pate.scenarios:
       scenario_records, nonprivate[scenario] = run_scenario(
-          config, os.path.join(workdir, scenario), splits, tokenizer, scenario, rand, model, public_params,
+          config, os.path.join(workdir, scenario), splits, public, tokenizer, scenario, rand, model, public_params,
           public_out)
       records += scenario_records
   except Preempted as e:

@@ -64,3 +64,25 @@ def test_wer_edit_kinds_and_errors():
     wer.word_error_rate(["a"], ["a", "b"])
   with pytest.raises(ValueError, match="empty"):
     wer.word_error_rate([" "], ["a"])
+
+
+def test_word_tokenizer_round_trip_and_errors():
+  from libs.speech.tokenizer import WordTokenizer, make_tokenizer  # pylint: disable=import-outside-toplevel
+  words = ("oh", "zero", "one", "two")
+  tok = WordTokenizer(words)
+  assert tok.vocab_size == 5 and tok.blank_id == 0
+  rng = np.random.default_rng(0)
+  for _ in range(20):
+    text = " ".join(rng.choice(words, size=int(rng.integers(1, 6))))
+    ids = tok.encode(text)
+    assert len(ids) == len(text.split()) and tok.decode(ids) == text
+    assert tok.decode([0] + ids + [0, 99]) == text  # blanks and out-of-vocabulary ids are skipped
+  ids, lengths = tok.encode_batch(["one two", "oh"])
+  assert ids.tolist() == [[3, 4], [1, 0]] and lengths.tolist() == [2, 1]
+  with pytest.raises(ValueError, match="unknown word 'three' in utt7"):
+    tok.encode("one three", context="utt7")
+  with pytest.raises(ValueError, match="repeated"):
+    WordTokenizer(("oh", "oh"))
+  with pytest.raises(ValueError, match="units"):
+    make_tokenizer("phones")
+  assert isinstance(make_tokenizer("chars"), CharTokenizer)

@@ -1,8 +1,8 @@
-"""Non-private transducer ASR: the `make run` baseline (`default`) and its smoke run (`tiny`).
+"""Non-private transducer ASR: the baseline (`default`) and its smoke run (`tiny`).
 
 Variants (`get_config(arg)`, the text after the colon of `--config=`):
 
-default: the BiLSTM transducer baseline on the embedded `digits` corpus (the `make run` job).
+default: the BiLSTM transducer baseline on the embedded `digits` corpus.
   python -m projects.pate_asr.main --config=projects/pate_asr/configs/nonprivate.py:default \
       --workdir=workdirs/nonprivate
   Generates the corpus on first use (about 1 minute on 2 CPU cores), trains a BiLSTM

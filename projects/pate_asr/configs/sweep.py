@@ -64,8 +64,10 @@ def _quick() -> ml_collections.ConfigDict:
   config.public_train = _train(600, 32, warmup=50)  # The public model, from scratch.
   config.train = _train(300, 32, learning_rate=1e-3, warmup=20)  # Non-private fine-tuning.
   config.teachers = _train(50, 8, learning_rate=1e-3, warmup=10)
-  config.students = _train(80, 16, learning_rate=1e-3, warmup=10)
+  config.students = _train(80, 16, learning_rate=3e-4, warmup=10)
   config.students.self_training_steps = 80  # Then on labeled + pseudo-labeled utterances.
+  # Mix the public labeled corpus into the students' data (it is public: no privacy cost).
+  config.students.mix_public_labeled = True
 
   config.pate = ml_collections.ConfigDict()
   config.pate.scenarios = ("matched",)

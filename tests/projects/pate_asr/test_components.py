@@ -2,6 +2,8 @@
 the budget prefix."""
 
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -124,3 +126,58 @@ def test_every_query_holds_one_vote_per_teacher(tiny_teachers, decode):
         assert out["labeled"][b] and out["answered"][b, :q].all()
       elif not out["labeled"][b]:
         assert not out["answered"][b, q - 1]  # stopped at the first unanswered step
+
+
+def test_query_cap_stops_an_utterance_unlabeled_and_keeps_the_shorter_ones(tiny_teachers):
+  """With a cap of c queries, an utterance that needs more stops after c, unlabeled; the
+  others are answered exactly as without the cap."""
+  model, params, feats, lens = tiny_teachers
+  cfg = aggregation.AggregatorConfig("plurality")
+  free = jax.device_get(aggregation.make_labeler(model, cfg, max_symbols_per_frame=4)(params, feats, lens,
+                                                                                       jax.random.key(0)))
+  cap = int(np.median(free["num_queries"]))
+  assert free["num_queries"].max() > cap  # some utterance needs more than the cap
+  capped = jax.device_get(aggregation.make_labeler(model, cfg, max_symbols_per_frame=4,
+                                                   max_queries_per_utterance=cap)(params, feats, lens,
+                                                                                  jax.random.key(0)))
+  assert capped["votes"].shape[1] == cap and (capped["num_queries"] <= cap).all()
+  for b in range(4):
+    if free["num_queries"][b] <= cap:
+      assert capped["labeled"][b] == free["labeled"][b]
+      assert capped["counts"][b] == free["counts"][b]
+      assert (capped["tokens"][b, : free["counts"][b]] == free["tokens"][b, : free["counts"][b]]).all()
+    else:
+      assert capped["num_queries"][b] == cap and not capped["labeled"][b]
+  with pytest.raises(ValueError, match="max_queries_per_utterance"):
+    aggregation.make_labeler(model, cfg, max_symbols_per_frame=4, decode="frame_sync", max_queries_per_utterance=3)
+
+
+def test_labels_subset_keeps_each_utterances_answers():
+  rng = np.random.default_rng(0)
+  votes = [rng.integers(0, 3, (q, 5)) for q in (2, 0, 3)]
+  labels = aggregation.Labels([np.array([1]), np.zeros(0, np.int32), np.array([2, 3])], np.array([True, False, True]),
+                              votes, [np.ones(len(v), bool) for v in votes])
+  sub = labels.subset([2, 0])
+  assert [t.tolist() for t in sub.tokens] == [[2, 3], [1]] and sub.labeled.tolist() == [True, True]
+  assert (sub.votes[0] == votes[2]).all() and (sub.votes[1] == votes[0]).all()
+
+
+def test_query_plan_meets_every_target_formally_from_public_config_only():
+  """The plan is a function of the config: each run's noise is the least whose formal epsilon
+  for its utterance count meets the target (checked against privacy.formal_epsilon), and a
+  target below the cost of a smooth-sensitivity release is met by dropping the release."""
+  from projects.pate_asr import privacy, sweep  # pylint: disable=import-outside-toplevel
+  pcfg = sweep_configs.get_config("quick").pate
+  plan = sweep.query_plan(pcfg)
+  assert plan[0].method == "plurality" and plan[0].count == max(pcfg.query_utterances)
+  assert len(plan) == 1 + len(pcfg.methods) * len(pcfg.target_epsilons)
+  for q in plan[1:]:
+    eps = privacy.formal_epsilon(q.aggregator, q.analysis, q.count)
+    assert eps <= q.target
+    # 5% less noise would break the target: the calibration is tight.
+    noisier = dataclasses.replace(q.aggregator, sigma=q.aggregator.sigma * 0.95, scale=q.aggregator.scale * 0.95,
+                                  sigma_threshold=q.aggregator.sigma_threshold * 0.95)
+    assert privacy.formal_epsilon(noisier, q.analysis, q.count) > q.target
+    if q.method in privacy.RELEASED_METHODS and q.target < 1.5:
+      assert not q.analysis.release  # a release alone costs more than this target
+  assert [q.name for q in sweep.query_plan(pcfg)] == [q.name for q in plan]
