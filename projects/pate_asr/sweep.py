@@ -420,9 +420,11 @@ def _records(ctx: _Context, points, students, dpsgd: dict, nonprivate: dict, pub
   for p in points:
     key = f"{p['labels']}|{','.join(map(str, p['used']))}"
     k = students["index"].get(key) if p["used"] else None
-    wer = 1.0 if k is None else students["test_wer_self_trained"][k]
-    wer_labels_only = 1.0 if k is None else students["test_wer"][k]
+    # Nothing released, nothing learned from the sensitive data: the student is the public model.
+    wer = public_out["test_wer"] if k is None else students["test_wer_self_trained"][k]
+    wer_labels_only = public_out["test_wer"] if k is None else students["test_wer"][k]
     records.append({**p["record"], "wer": wer, "wer_before_self_training": wer_labels_only,
+                    "student": "public model (no labels released)" if k is None else "fine-tuned on the labels",
                     "label_wer": p["label_wer"]})
   for unit, out in dpsgd.items():
     for target, w, sigma, eps in zip(pcfg.target_epsilons, out["test_wer"], out["noise_multipliers"],

@@ -105,6 +105,8 @@ def validate_pate(config: ml_collections.ConfigDict) -> None:
   for section in ("public_train", "teachers", "students"):
     _check_train_section(config, section)
   positive_int(config, "students.self_training_steps")
+  mix = config.students.get("mix_public_labeled", False)
+  require(isinstance(mix, bool), "students.mix_public_labeled", "must be a bool", mix)
   d = config.dpsgd
   for unit in d.units:
     require(unit in DPSGD_UNITS, "dpsgd.units", f"must hold units of {DPSGD_UNITS}", unit)

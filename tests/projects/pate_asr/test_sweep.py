@@ -16,7 +16,7 @@ CONFIG = os.path.join(REPO, "projects", "pate_asr", "configs", "sweep.py") + ":t
 REQUIRED = {"method", "scenario", "unit", "target_epsilon", "epsilon", "epsilon_kind",
             "epsilon_data_independent", "delta", "accountant", "wer"}
 # What a PATE record may hold besides privacy.PUBLIC_RECORD_KEYS: none of it is computed from votes.
-PATE_EXTRA = {"scenario", "randomness", "noise", "wer", "wer_before_self_training", "label_wer"}
+PATE_EXTRA = {"scenario", "randomness", "noise", "wer", "wer_before_self_training", "label_wer", "student"}
 # Names of quantities computed from the private votes, which results.json must never hold.
 RAW = ("votes", "smooth_sensitivity", "local_sensitivity", "epsilon_data_dependent", "rdp_data_dependent",
        "noisy_epsilon", "agreement", "dev_wer")
