@@ -27,9 +27,11 @@ stage (`libs.train.io.run_stage`; training stages also resume from their checkpo
   <scenario>/dpsgd_<unit>/  DP-SGD per target at the speaker and the utterance level;
   results.json, the table, figures/wer_vs_epsilon.png.
 
-What is private (never in results.json, logs, metrics or the table): vote histograms,
-raw data-dependent costs, smooth sensitivities, and the teachers' own WERs and agreement.
-They live under `<scenario>/private/` for the developer; do not publish that directory.
+What is private (never in results.json or the table): vote histograms, raw data-dependent
+costs, smooth sensitivities, and the teachers' own WERs and agreement, under
+`<scenario>/private/`; and the training logs and checkpoints of the models trained on
+sensitive data without DP (`<scenario>/nonprivate/`, `<scenario>/teachers/`: their losses are
+functions of the sensitive data). They are for the developer; do not publish them.
 
 DP randomness (aggregation noise, smooth-sensitivity release noise, DP-SGD noise and
 samples) comes from `DpRandomness`: an operating-system secret unless
