@@ -29,7 +29,7 @@ Unit of privacy. Teachers are trained on speaker-disjoint parts of the sensitive
 so changing one speaker (all of their utterances), a fortiori one utterance, changes
 one teacher, i.e. moves one vote in each query by at most one class. Every analysis in
 `libs.accounting.pate` is for exactly that neighbouring relation, so the (epsilon, delta)
-reported here hold at the speaker level.
+that `privacy.account_labels` publishes hold at the speaker level.
 
 Aggregators (`AggregatorConfig.name`): "lnmax" (Laplace noisy max), "gnmax" (Gaussian
 noisy max), "confident_gnmax" (an utterance is labeled only if every step's noisy top
@@ -39,7 +39,7 @@ posteriors), and "plurality" (no noise, epsilon = infinity).
 Example:
   >>> labeler = make_labeler(model, AggregatorConfig("gnmax", sigma=2.0), max_symbols_per_frame=4)
   >>> out = label_split(labeler, teacher_params, public_split, key, batch_size=64)
-  >>> costs = query_costs(out, agg, num_teachers=16, orders=orders)
+  >>> record, private = privacy.account_labels(out, agg, analysis, target_epsilon=10.0, rng=rng)
 """
 
 from __future__ import annotations
@@ -52,7 +52,6 @@ import jax.numpy as jnp
 import numpy as np
 import tqdm
 
-from libs.accounting import pate as pate_accounting
 from libs.data import pipeline
 from libs.dp import pate_aggregators as agg_lib
 from libs.models import transducer as transducer_lib
@@ -386,38 +385,3 @@ def label_split(labeler, teacher_params, split: pipeline.SpeechSplit, key: jax.A
       labeled[i] = bool(out["labeled"][row])
       tokens[i] = out["tokens"][row, : out["counts"][row]].astype(np.int32) if labeled[i] else np.zeros(0, np.int32)
   return Labels(tokens, labeled, votes, answered)
-
-
-@dataclasses.dataclass
-class QueryCosts:
-  """Per-utterance RDP at `orders`, data-independent (the worst-case guarantee) and
-  data-dependent (at the actual votes)."""
-  orders: np.ndarray
-  independent: np.ndarray  # [N, L]
-  dependent: np.ndarray  # [N, L]
-
-
-def query_costs(labels: Labels, cfg: AggregatorConfig, *, num_teachers: int, orders: np.ndarray) -> QueryCosts:
-  """RDP charged for each utterance's released answers (all its queries)."""
-  n = len(labels.votes)
-  indep = np.zeros((n, len(orders)))
-  dep = np.zeros((n, len(orders)))
-  if cfg.name == "plurality":
-    indep[:] = np.inf
-    dep[:] = np.inf
-    return QueryCosts(orders, indep, dep)
-  for i, (votes, answered) in enumerate(zip(labels.votes, labels.answered)):
-    if len(votes) == 0:
-      continue
-    ledger = pate_accounting.PateLedger(orders, num_teachers=num_teachers)
-    if cfg.name == "lnmax":
-      ledger.record_lnmax(votes, cfg.scale)
-    elif cfg.name == "gnmax":
-      ledger.record_gnmax(votes, cfg.sigma)
-    elif cfg.name == "confident_gnmax":
-      ledger.record_confident_gnmax(votes, cfg.threshold, cfg.sigma_threshold, cfg.sigma, answered)
-    else:
-      ledger.record_noisy_average(len(votes), cfg.sigma)
-    indep[i] = ledger.rdp_data_independent
-    dep[i] = ledger.rdp_data_dependent
-  return QueryCosts(orders, indep, dep)
