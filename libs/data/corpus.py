@@ -3,9 +3,11 @@
 Pure NumPy/SciPy on the host. `libs.data.synthetic_speech` wraps this in a TFDS builder.
 
 A speaker is an espeak-ng accent, a voice variant (which fixes the gender), a pitch, a
-pitch range and a speaking rate, plus a home location drawn around the accent's real
-region. Every utterance then gets its own recording condition: a channel (clean, a
-short synthetic room impulse response, or telephone band-limiting), additive noise of a
+pitch range and a speaking rate, plus a region and a home location drawn around the
+region's centre: the accent's real region, or with `CorpusSpec(regions="mixed")` a
+region of `libs.data.regions.REGIONS` drawn from where the accent's speakers live.
+Every utterance then gets its own recording condition: a channel (clean, a short
+synthetic room impulse response, or telephone band-limiting), additive noise of a
 random colour at a random SNR, and a gain. Everything derives from
 `np.random.default_rng((seed, speaker_id, ...))`, and espeak-ng is reset to its
 start-up state before every speaker (`libs.data.espeak.Synthesizer.reset`), so a
@@ -24,6 +26,7 @@ import numpy as np
 from scipy import signal
 
 from libs.data import grammar as grammar_lib
+from libs.data import regions as regions_lib
 
 SAMPLE_RATE = 16000
 
@@ -57,6 +60,7 @@ VARIANTS = {
     "female": ("f1", "f2", "f3", "f4", "f5"),
 }
 CHANNELS = ("clean", "room", "telephone")
+REGION_MODES = ("accent", "mixed")
 _CHANNEL_PROBS = (0.6, 0.25, 0.15)
 NOISE_COLOURS = ("white", "pink", "brown")
 
@@ -84,8 +88,10 @@ class CorpusSpec:
     grammar: name of a transcript grammar in `libs.data.grammar.GRAMMARS`.
     train_speakers: training speakers, split over the accents by their `train_share`
       (renormalised over `accents`).
-    dev_speakers_per_accent: dev speakers of every generated accent.
-    test_speakers_per_accent: test speakers of every generated accent.
+    dev_speakers_per_accent: dev speakers of every generated accent (unless
+      `dev_speakers` > 0).
+    test_speakers_per_accent: test speakers of every generated accent (unless
+      `test_speakers` > 0).
     train_utterances_per_speaker: utterances of every training speaker.
     eval_utterances_per_speaker: utterances of every dev and test speaker.
     snr_db: (low, high) range of the uniform signal-to-noise ratio, in dB.
@@ -97,6 +103,22 @@ class CorpusSpec:
       the default mix (0.6, 0.25, 0.15).
     speaker_id_offset: added to every speaker id (ids are otherwise 0, 1, ...), so that
       corpora meant to be used together have disjoint speaker ids.
+    regions: where speakers live. "accent": a speaker's region is its accent's region
+      and its home is drawn around the accent's centre (one region per accent).
+      "mixed": its region is drawn from the accent's weights in
+      `libs.data.regions.REGIONS` and its home around that region's centre, so regions
+      and accents are different cohorts; voices, pitches and rates are the same as
+      under "accent".
+    dev_speakers: if > 0, the dev split has this many speakers, split over the accents
+      by `train_share` as the train split is (`allocate`), so that its accent mix is the
+      population's and rare accents stay rare; 0 uses `dev_speakers_per_accent`. At
+      least one speaker per generated accent.
+    test_speakers: likewise for the test split.
+
+  Example:
+    >>> spec = CorpusSpec(regions="mixed", train_speakers=100, dev_speakers=30)
+    >>> [len(v) for v in make_speakers(spec).values()]
+    [100, 30, 14]
   """
   grammar: str = "digits"
   train_speakers: int = 40
@@ -109,6 +131,9 @@ class CorpusSpec:
   accents: tuple[str, ...] = ()
   channel_probs: tuple[float, float, float] | None = None
   speaker_id_offset: int = 0
+  regions: str = "accent"
+  dev_speakers: int = 0
+  test_speakers: int = 0
 
   def __post_init__(self):
     if self.grammar not in grammar_lib.GRAMMARS:
@@ -139,8 +164,15 @@ class CorpusSpec:
       object.__setattr__(self, "channel_probs", tuple(float(p) for p in probs))
     if isinstance(self.speaker_id_offset, bool) or not isinstance(self.speaker_id_offset, int):
       raise ValueError(f"speaker_id_offset must be an int, got {self.speaker_id_offset!r}")
-    total = (self.train_speakers + (self.dev_speakers_per_accent + self.test_speakers_per_accent)
-             * len(self.accents or ACCENT_NAMES))
+    if self.regions not in REGION_MODES:
+      raise ValueError(f"regions must be one of {REGION_MODES}, got {self.regions!r}")
+    num_accents = len(self.accents or ACCENT_NAMES)
+    for name in ("dev_speakers", "test_speakers"):
+      value = getattr(self, name)
+      if isinstance(value, bool) or not isinstance(value, int) or not (value == 0 or value >= num_accents):
+        raise ValueError(f"{name} must be 0 (use {name}_per_accent) or an int >= the {num_accents} "
+                         f"generated accents (one speaker of each at least), got {value!r}")
+    total = sum(self.split_sizes.values())
     if not 0 <= self.speaker_id_offset <= 2**31 - 1 - total:
       raise ValueError(f"speaker_id_offset must be in [0, {2**31 - 1 - total}] so that the "
                        f"{total} speaker ids fit in int32, got {self.speaker_id_offset}")
@@ -149,6 +181,24 @@ class CorpusSpec:
   def accent_indices(self) -> tuple[int, ...]:
     """Indices into `ACCENTS` of the generated accents, in `ACCENTS` order."""
     return tuple(i for i, a in enumerate(ACCENTS) if not self.accents or a.name in self.accents)
+
+  @property
+  def accent_counts(self) -> dict[str, list[int]]:
+    """Split -> number of speakers of each accent of `accent_indices`."""
+    indices = self.accent_indices
+    shares = [ACCENTS[i].train_share for i in indices]
+    def eval_split(total: int, per_accent: int) -> list[int]:
+      return allocate(total, shares) if total > 0 else [per_accent] * len(indices)
+    return {
+        "train": allocate(self.train_speakers, shares),
+        "dev": eval_split(self.dev_speakers, self.dev_speakers_per_accent),
+        "test": eval_split(self.test_speakers, self.test_speakers_per_accent),
+    }
+
+  @property
+  def split_sizes(self) -> dict[str, int]:
+    """Split -> number of speakers."""
+    return {split: sum(counts) for split, counts in self.accent_counts.items()}
 
 
 def allocate(total: int, shares: Sequence[float]) -> list[int]:
@@ -167,13 +217,15 @@ def allocate(total: int, shares: Sequence[float]) -> list[int]:
 
 
 def make_speakers(spec: CorpusSpec) -> dict[str, list[Speaker]]:
-  """All speakers of the corpus by split; ids are unique across splits."""
+  """All speakers of the corpus by split; ids are unique across splits.
+
+  Example:
+    >>> speakers = make_speakers(CorpusSpec(regions="mixed"))
+    >>> [len(v) for v in speakers.values()], speakers["train"][0].accent
+    ([40, 7, 14], 'en-US')
+  """
   indices = spec.accent_indices
-  per_split = {
-      "train": allocate(spec.train_speakers, [ACCENTS[i].train_share for i in indices]),
-      "dev": [spec.dev_speakers_per_accent] * len(indices),
-      "test": [spec.test_speakers_per_accent] * len(indices),
-  }
+  per_split = spec.accent_counts
   speakers: dict[str, list[Speaker]] = {}
   next_id = spec.speaker_id_offset
   for split_index, (split, counts) in enumerate(per_split.items()):
@@ -186,6 +238,19 @@ def make_speakers(spec: CorpusSpec) -> dict[str, list[Speaker]]:
         gender = ("female", "male")[(k + accent_index + split_index) % 2]
         variant = VARIANTS[gender][int(rng.integers(len(VARIANTS[gender])))]
         pitch = int(rng.integers(30, 56) if gender == "male" else rng.integers(45, 76))
+        pitch_range = int(rng.integers(30, 71))
+        rate = int(rng.integers(145, 196))
+        # The location draws come last, so "mixed" changes only where a speaker lives.
+        if spec.regions == "accent":
+          region, centre_lat, centre_lon, spread = (accent.region, accent.latitude, accent.longitude,
+                                                    accent.spread_deg)
+        else:
+          names, probs = regions_lib.accent_regions(accent.name)
+          home = regions_lib.REGIONS_BY_NAME[names[int(rng.choice(len(names), p=probs))]]
+          region, centre_lat, centre_lon, spread = (home.name, home.latitude, home.longitude,
+                                                    home.spread_deg)
+        latitude = float(centre_lat + spread * rng.standard_normal())
+        longitude = float(centre_lon + spread * rng.standard_normal())
         speakers[split].append(Speaker(
             speaker_id=next_id,
             split=split,
@@ -193,11 +258,11 @@ def make_speakers(spec: CorpusSpec) -> dict[str, list[Speaker]]:
             voice=f"{accent.voice}+{variant}",
             gender=gender,
             pitch=pitch,
-            pitch_range=int(rng.integers(30, 71)),
-            rate=int(rng.integers(145, 196)),
-            latitude=float(accent.latitude + accent.spread_deg * rng.standard_normal()),
-            longitude=float(accent.longitude + accent.spread_deg * rng.standard_normal()),
-            region=accent.region,
+            pitch_range=pitch_range,
+            rate=rate,
+            latitude=latitude,
+            longitude=longitude,
+            region=region,
         ))
         next_id += 1
   return speakers

@@ -16,6 +16,13 @@ metadata on every example. Configs:
     in-domain corpus: all accents, all channels, a harder SNR of 5-30 dB, 640 training
     speakers of 10 utterances (speaker ids from 200000). Their seeds and speaker ids
     differ, so no voice or id is shared.
+  * `digits_fairness`: the fairness corpus. Speakers live in regions that are not
+    just their accents (`regions="mixed"`, see `libs.data.regions`), so geographic and
+    geo-demographic cohorts differ from accent cohorts; all accents and channels, SNR
+    5-30 dB, 480 training speakers and population-shaped dev (210) and test (280)
+    splits whose accent mix is the training one (rare accents stay rare), 8
+    utterances per speaker (7760 in all; speaker ids from 300000); about 2.5 minutes
+    to generate on 2 shared cores.
   * `sentences`: assistant commands and questions over ~480 words, 60 training speakers.
   * `tiny`: a few speakers and utterances, for tests.
 
@@ -85,6 +92,11 @@ BUILDER_CONFIGS = (
             grammar="digits", snr_db=(5.0, 30.0), seed=2, speaker_id_offset=200_000,
             train_speakers=640, train_utterances_per_speaker=10, dev_speakers_per_accent=4,
             test_speakers_per_accent=4, eval_utterances_per_speaker=20),
+    _config("digits_fairness",
+            "Fairness corpus: regions mixed across accents, population-shaped dev and test splits.",
+            grammar="digits", regions="mixed", snr_db=(5.0, 30.0), seed=3,
+            speaker_id_offset=300_000, train_speakers=480, train_utterances_per_speaker=8,
+            dev_speakers=210, test_speakers=280, eval_utterances_per_speaker=8),
     _config("tiny", "A few digit utterances per split, for tests.",
             grammar="digits", train_speakers=7, dev_speakers_per_accent=1,
             test_speakers_per_accent=1, train_utterances_per_speaker=4,

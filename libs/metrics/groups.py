@@ -40,20 +40,22 @@ _MAX_DRAWS_PER_CHUNK = 1 << 22
 
 @dataclasses.dataclass(frozen=True)
 class Gap:
-  """How much worse the worst group is than a reference population.
+  """How much worse the worst group (or a named group) is than a reference population.
 
   Attributes:
-    worst_group: the group with the worst metric (highest if lower is better, lowest otherwise; ties go
-      to the first group in `GroupMetrics.groups` order).
-    worst: the worst group's metric.
+    worst_group: the group compared: the one with the worst metric (highest if lower is better, lowest
+      otherwise; ties go to the first group in `GroupMetrics.groups` order), or the group named by
+      `GroupMetrics.gap(group=...)` (e.g. a bottom cohort chosen on other data), which need not be the
+      worst: its gap is then negative when it is better than the reference.
+    worst: that group's metric.
     reference: "rest" (all other groups pooled: their summed numerators over their summed denominators)
       or "overall" (all groups pooled, the worst included).
     reference_value: the metric of that reference population.
-    absolute: how much worse, in the metric's units, positive when the worst group is worse:
+    absolute: how much worse, in the metric's units, positive when the group is worse:
       `worst - reference_value` if lower is better, `reference_value - worst` otherwise.
-    relative: `absolute / reference_value` (e.g. 0.5: the worst group's WER is 50% above the rest's);
-      `inf` when the reference value is 0 and `absolute > 0`, 0 when both are 0.
-    example_share: the worst group's share of the examples (e.g. utterances).
+    relative: `absolute / |reference_value|` (e.g. 0.5: the group's WER is 50% above the rest's);
+      `inf` (`-inf`) when the reference value is 0 and `absolute > 0` (`< 0`), 0 when both are 0.
+    example_share: the group's share of the examples (e.g. utterances).
     cluster_share: its share of the clusters (e.g. speakers) that have an example in it.
     denominator_share: its share of the summed denominators (e.g. reference words).
   """
@@ -83,11 +85,11 @@ class BootstrapResult:
   Attributes:
     overall: the overall metric.
     by_group: each group's metric, in `GroupMetrics.groups` order.
-    gap_absolute: the absolute gap of the observed worst group (`gap_group`) to `reference`.
+    gap_absolute: the absolute gap of `gap_group` to `reference`.
     gap_relative: its relative gap.
-    gap_group: the group whose gap is resampled. It is fixed to the observed worst group: re-picking the
-      worst group in each resample would bootstrap a maximum, which is biased upwards when groups are
-      close and then covers poorly.
+    gap_group: the group whose gap is resampled: the group named by `bootstrap(group=...)`, or else the
+      observed worst group. It is fixed: re-picking the worst group in each resample would bootstrap a
+      maximum, which is biased upwards when groups are close and then covers poorly.
     reference: "rest" or "overall", as in `Gap`.
     confidence: e.g. 0.95 for the 2.5% and 97.5% percentiles.
     num_resamples: the number of resamples.
@@ -305,8 +307,17 @@ class GroupMetrics:
     absolute = ref - worst if self.higher_is_better else worst - ref
     return worst, ref, absolute, _safe_divide(absolute, np.abs(ref))
 
-  def gap(self, reference: Reference = "rest") -> Gap:
-    """How much worse the worst group is than the rest of the examples (or than all of them).
+  def _group_index(self, group: Hashable | None) -> int:
+    """The index of `group` in `groups`, or of the worst group if `group` is None."""
+    if group is None:
+      return self._worst_index()
+    for i, g in enumerate(self.groups):
+      if g == group:
+        return i
+    raise ValueError(f"{self.name}: group {group!r} is not one of the groups {self.groups}")
+
+  def gap(self, reference: Reference = "rest", group: Hashable | None = None) -> Gap:
+    """How much worse the worst group (or `group`) is than the rest of the examples (or all of them).
 
     With `reference="rest"`, the bottom group is compared with all other groups pooled, the
     bottom-cohort-vs-rest comparison of fairness studies in ASR: for WER, `absolute = WER_worst -
@@ -314,19 +325,29 @@ class GroupMetrics:
     outside the worst group. `reference="overall"` compares with the overall metric instead (which
     includes the worst group, so the gap is smaller). See `Gap` for every field.
 
+    With `group` given, that group is compared instead of the worst one, e.g. a bottom cohort found on
+    training speakers and evaluated on held-out ones; its gap is reported as it is, negative if it
+    turns out better than the reference (`Gap.worst_group` then holds `group`).
+
     Example:
       >>> gm = GroupMetrics([2, 1, 0, 0], [10, 10, 5, 5], groups=["a", "b", "c", "c"],
       ...                   higher_is_better=False)
       >>> g = gm.gap()
       >>> g.worst_group, g.worst, g.reference_value, round(g.relative, 6), g.example_share
       ('a', 0.2, 0.05, 3.0, 0.25)
+      >>> round(gm.gap(group="c").relative, 6)  # c's WER is 0, the rest's 0.15: 100% better.
+      -1.0
+
+    Args:
+      reference: "rest" or "overall" (see above).
+      group: the group to compare; None (the default) for the worst group.
 
     Raises:
-      ValueError: with fewer than two groups (with "rest"), or if the rest's denominators sum to zero.
+      ValueError: with fewer than two groups (with "rest"), or if `group` is not one of `groups`.
     """
     if reference == "rest" and len(self.groups) < 2:
       raise ValueError(f"{self.name}: the gap to the rest needs at least two groups, got {self.groups}")
-    w = self._worst_index()
+    w = self._group_index(group)
     worst, ref, absolute, relative = self._gap_arrays(self._group_num, self._group_den, w, reference)
     clusters_in = self._cluster_count > 0
     return Gap(worst_group=self.groups[w], worst=float(worst), reference=reference,
@@ -348,8 +369,8 @@ class GroupMetrics:
 
 
 def bootstrap(metrics: GroupMetrics, *, rng: np.random.Generator, num_resamples: int = 1000,
-              confidence: float = 0.95, stratify: bool = True,
-              reference: Reference = "rest") -> BootstrapResult:
+              confidence: float = 0.95, stratify: bool = True, reference: Reference = "rest",
+              group: Hashable | None = None) -> BootstrapResult:
   """Percentile bootstrap intervals for the overall metric, each group's metric and the worst-group gap.
 
   Each resample draws clusters (e.g. speakers) with replacement and keeps all their examples, so the
@@ -378,13 +399,14 @@ def bootstrap(metrics: GroupMetrics, *, rng: np.random.Generator, num_resamples:
     confidence: the interval's coverage, in (0, 1).
     stratify: resample clusters within each group (see above).
     reference: the gap's reference population, "rest" or "overall" (see `GroupMetrics.gap`).
+    group: the group whose gap is resampled (see `GroupMetrics.gap`); None for the observed worst group.
 
   Returns:
     A `BootstrapResult`.
 
   Raises:
-    ValueError: on bad arguments, a cluster in two groups with `stratify=True`, or a resample in which a
-      group's denominators sum to zero.
+    ValueError: on bad arguments (including a `group` that is not one of the groups), a cluster in two
+      groups with `stratify=True`, or a resample in which a group's denominators sum to zero.
   """
   # Long mostly by its docstring and argument checks; the resampling itself is a few vectorised lines.
   # pylint: disable=protected-access  # This module's own class: its per-cluster sums.
@@ -394,8 +416,8 @@ def bootstrap(metrics: GroupMetrics, *, rng: np.random.Generator, num_resamples:
     raise ValueError(f"num_resamples must be a positive integer, got {num_resamples}")
   if not 0 < confidence < 1:
     raise ValueError(f"confidence must be in (0, 1), got {confidence}")
-  gap_point = metrics.gap(reference)
-  w = metrics.groups.index(gap_point.worst_group)
+  gap_point = metrics.gap(reference, group=group)
+  w = metrics._group_index(group)
   num_resamples = int(num_resamples)
 
   present = metrics._cluster_count > 0

@@ -9,6 +9,7 @@ so that importing one model does not build the others):
   lstm        fused (bi)LSTM layer for padded batches
   lm          small causal Transformer language model
   pooling     pooling with finite gradients on every backend
+  speaker     speaker embedding (`SpeakerEncoder`), pairwise metric loss, adversarial reweighting
 
 Example:
   >>> from libs.models import asr

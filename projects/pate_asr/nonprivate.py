@@ -17,10 +17,10 @@ import numpy as np
 from libs.metrics import groups as groups_lib
 from libs.models import asr as asr_lib
 from libs.speech import evaluate as evaluate_lib
+from libs.speech import trainer
 from libs.train import io as io_lib
 from libs.train import metrics as metrics_lib
 from libs.train import plots
-from projects.pate_asr import asr
 from projects.pate_asr import data as data_lib
 from projects.pate_asr import validation
 
@@ -37,7 +37,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict | None:
   tokenizer = data_lib.make_tokenizer(config)
   splits = data_lib.load_splits(config, tokenizer)
   model = asr_lib.build_model(config.model, tokenizer.vocab_size)
-  result = asr.train(config, workdir, model, splits.train, splits.dev, tokenizer, desc="nonprivate")
+  result = trainer.train(config, workdir, model, splits.train, splits.dev, tokenizer, desc="nonprivate")
   if result.preempted:
     return None
   decode_fn = evaluate_lib.make_decode_fn(model)

@@ -57,11 +57,11 @@ from libs.data import pipeline
 from libs.dp.randomness import INSECURE, DpRandomness
 from libs.models import asr as asr_lib
 from libs.speech import tokenizer as tokenizer_lib
+from libs.speech import trainer
 from libs.speech import wer as wer_lib
 from libs.train import io as io_lib
 from libs.train import rng as rng_lib
 from projects.pate_asr import aggregation
-from projects.pate_asr import asr
 from projects.pate_asr import data as data_lib
 from projects.pate_asr import dpsgd_train
 from projects.pate_asr import ensemble
@@ -164,7 +164,7 @@ class _Context:
 
 
 def _with_train(config, section: str) -> ml_collections.ConfigDict:
-  """`config` with `config[section]` as its train section (asr.train reads config.train)."""
+  """`config` with `config[section]` as its train section (trainer.train reads config.train)."""
   out = ml_collections.ConfigDict(config.to_dict())
   out.train = config[section]
   return out
@@ -180,7 +180,7 @@ def _stack(params):
 
 
 def _train_single(ctx: _Context, section: str, name: str, split, init_params=None, dev=None):
-  result = asr.train(_with_train(ctx.config, section), ctx.path(name), ctx.model, split, dev, ctx.tokenizer,
+  result = trainer.train(_with_train(ctx.config, section), ctx.path(name), ctx.model, split, dev, ctx.tokenizer,
                      desc=f"{ctx.scenario}/{name}", init_params=init_params)
   if result.preempted:
     raise Preempted(name)

@@ -267,3 +267,48 @@ def test_gap_and_bootstrap_errors():
                       higher_is_better=False)
   with pytest.raises(ValueError, match="group 'rare' has zero denominator in"):
     bootstrap(rare, rng=rng, num_resamples=200, stratify=False)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_gap_of_named_group_matches_brute_force(seed):
+  errors, words, grp, spk = _asr_data(seed)
+  gm = GroupMetrics(errors, words, groups=grp, clusters=spk, higher_is_better=False)
+  assert gm.gap(group=None) == gm.gap()  # None keeps the worst group.
+  for g in gm.groups:
+    inside = grp == g
+    wer_g = errors[inside].sum() / words[inside].sum()
+    rest = errors[~inside].sum() / words[~inside].sum()
+    overall = errors.sum() / words.sum()
+    gap = gm.gap(group=g)
+    assert gap.worst_group == g and gap.worst == pytest.approx(wer_g)
+    assert gap.reference_value == pytest.approx(rest)
+    assert gap.absolute == pytest.approx(wer_g - rest)
+    assert gap.relative == pytest.approx((wer_g - rest) / rest)
+    assert gap.cluster_share == pytest.approx(len(set(spk[inside])) / len(set(spk)))
+    assert gm.gap("overall", group=g).relative == pytest.approx((wer_g - overall) / overall)
+  best = gm.groups[int(np.argmin(list(gm.by_group.values())))]
+  assert gm.gap(group=best).relative < 0  # A better group's gap is negative, not flipped.
+
+
+def test_bootstrap_of_named_group():
+  errors, words, grp, spk = _asr_data(9)
+  gm = GroupMetrics(errors, words, groups=grp, clusters=spk, higher_is_better=False)
+  best = gm.groups[int(np.argmin(list(gm.by_group.values())))]
+  default = bootstrap(gm, rng=np.random.default_rng(0), num_resamples=300)
+  worst = bootstrap(gm, rng=np.random.default_rng(0), num_resamples=300, group=gm.worst_group)
+  np.testing.assert_array_equal(default.samples["gap_relative"], worst.samples["gap_relative"])
+  ci = bootstrap(gm, rng=np.random.default_rng(0), num_resamples=300, group=best)
+  assert ci.gap_group == best
+  assert ci.gap_relative.estimate == pytest.approx(gm.gap(group=best).relative)
+  assert ci.gap_relative.low <= ci.gap_relative.estimate <= ci.gap_relative.high < 0
+  # Same draws, another group: the resampled per-group WERs are the same, only the gap differs.
+  np.testing.assert_array_equal(ci.samples["by_group"], default.samples["by_group"])
+  s = ci.samples["by_group"]
+  b = gm.groups.index(best)
+  others = np.delete(s, b, 1)
+  rest = s[:, b] - ci.samples["gap_absolute"]  # The rest's WER pools the other groups: between them.
+  assert (rest >= others.min(1) - 1e-12).all() and (rest <= others.max(1) + 1e-12).all()
+  with pytest.raises(ValueError, match="group 'nope' is not one of the groups"):
+    gm.gap(group="nope")
+  with pytest.raises(ValueError, match="group 'nope' is not one of the groups"):
+    bootstrap(gm, rng=np.random.default_rng(0), group="nope")

@@ -13,6 +13,7 @@ import re
 
 import pytest
 
+from projects.fairness import validation as fairness_validation
 from projects.pate_asr import validation
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -58,6 +59,8 @@ def test_config_builds_and_validates(path, variant):
     validation.validate(config)
     if config.mode == "sweep":
       validation.validate_pate(config)  # the pate, teachers, students and dpsgd sections
+  if "fairness" in path:
+    fairness_validation.validate(config)
   if "fedlearn" in path:
     from projects.fedlearn import validation as fl_validation  # pylint: disable=import-outside-toplevel
     assert fl_validation.sub_runs(config)  # every sub-run merges and validates

@@ -106,15 +106,28 @@ def test_sigterm_then_resume_matches_uninterrupted(uninterrupted, tiny_corpus_di
     np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
 
 
-@pytest.mark.parametrize("override, field", [
-    ("--config.train.learning_rate=-0.1", "config.train.learning_rate"),
-    ("--config.model.name=lstm_lm", "config.model.name"),
-    ("--config.train.batch_size=0", "config.train.batch_size"),
-])
-def test_invalid_config_fails_fast_naming_the_field(override, field, tmp_path):
-  proc = subprocess.run(_command(str(tmp_path / "w"), override), cwd=REPO,
+def test_invalid_config_fails_fast_naming_the_field(tmp_path):
+  proc = subprocess.run(_command(str(tmp_path / "w"), "--config.train.learning_rate=-0.1"), cwd=REPO,
                         env=_env(str(tmp_path / "no_data"), "off"), capture_output=True, text=True, timeout=120)
   assert proc.returncode == 2
-  assert field in proc.stderr
+  assert "config.train.learning_rate" in proc.stderr
   # Rejected before generating any data (the property; how long that takes is no test on a shared machine).
+  assert not os.path.exists(tmp_path / "no_data")
+
+
+@pytest.mark.parametrize("key, value, field", [
+    ("model.name", "lstm_lm", "config.model.name"),
+    ("train.batch_size", 0, "config.train.batch_size"),
+])
+def test_invalid_config_exit_code_and_message_in_process(key, value, field, tmp_path, capsys):
+  # The same path as the entrypoint after flag parsing (`app.run_config`), without a new process.
+  from libs.train import app  # pylint: disable=import-outside-toplevel
+  from projects.pate_asr import main  # pylint: disable=import-outside-toplevel
+  from projects.pate_asr.configs import nonprivate  # pylint: disable=import-outside-toplevel
+  config = nonprivate.get_config("tiny")
+  config.data.data_dir = str(tmp_path / "no_data")
+  section, name = key.split(".")
+  config[section][name] = value
+  assert app.run_config(main.RUNNERS, config, str(tmp_path / "w")) == app.EXIT_CODES["bad_config"]
+  assert field in capsys.readouterr().err
   assert not os.path.exists(tmp_path / "no_data")

@@ -1,6 +1,7 @@
-"""End-to-end ASR training shared by every model this project trains (non-private
-baseline, PATE teachers and student). Models, losses, decoding and evaluation are the
-shared `libs.models.asr` and `libs.speech.evaluate`.
+"""End-to-end ASR training on the one resumable loop, shared by every project that trains
+a recognizer (PATE-ASR's public model, non-private baseline, teachers and students; the
+fairness project's base model and its fine-tunes). Models, losses, decoding and
+evaluation are the shared `libs.models.asr` and `libs.speech.evaluate`.
 
 Example:
   >>> model = asr_lib.build_model(config.model, tokenizer.vocab_size)

@@ -1,0 +1,21 @@
+"""Entrypoint of the fairness project (flags, multi-host and exit codes: libs/train/app.py).
+
+  python -m projects.fairness.main --config=projects/fairness/configs/cohorts.py --workdir=workdirs/cohorts
+  python -m projects.fairness.main --config=projects/fairness/configs/ewc.py --workdir=workdirs/ewc
+  python -m projects.fairness.main --config=projects/fairness/configs/arw.py --workdir=workdirs/arw
+
+Every stage (base recognizer, speaker model, fine-tunes) checkpoints into its own directory of
+the workdir; rerunning the same command resumes where it stopped and skips finished stages.
+"""
+
+from libs.train import app
+
+# config.mode -> run(config, workdir), imported once JAX (and jax.distributed) is set up.
+RUNNERS = {
+    "cohorts": "projects.fairness.cohorts:run",
+    "ewc": "projects.fairness.mitigation:run",
+    "arw": "projects.fairness.verification:run",
+}
+
+if __name__ == "__main__":
+  app.run_main(RUNNERS)

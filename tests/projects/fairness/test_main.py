@@ -1,0 +1,67 @@
+"""End-to-end: the fairness entrypoint on the tiny configs writes every output the issue names.
+
+`cohorts:tiny` runs through the real entrypoint (a subprocess, one real CPU device) and is
+rerun to check that finished stages are restored, not retrained (`ewc:tiny` and `arw:tiny`
+run in-process in test_mitigation.py and test_verification.py). The numbers of tiny runs mean
+nothing; the checks are on what is written and on the invariants between its parts.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.slow  # end-to-end: `make test-fast` skips it
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+COHORTS_TINY = os.path.join(REPO, "projects", "fairness", "configs", "cohorts.py") + ":tiny"
+
+
+def _results(workdir):
+  with open(os.path.join(workdir, "results.json"), encoding="utf-8") as f:
+    return json.load(f)
+
+
+def _command(workdir):
+  return [sys.executable, "-m", "projects.fairness.main", f"--config={COHORTS_TINY}", f"--workdir={workdir}",
+          "--config.progress=False"]
+
+
+def _env(data_dir, cache_dir):
+  env = dict(os.environ, TSML_DATA_DIR=data_dir, TSML_JAX_CACHE=cache_dir, PYTHONUNBUFFERED="1")
+  env["XLA_FLAGS"] = "--xla_backend_optimization_level=0"
+  return env
+
+
+def _is_fraction_or_none(x):
+  return x is None or (isinstance(x, float) and np.isfinite(x))
+
+
+def test_cohorts_entrypoint_writes_results_figures_and_resumes(tiny_corpus_dir, tmp_path):
+  workdir = str(tmp_path / "cohorts")
+  env = _env(tiny_corpus_dir, str(tmp_path / "jax_cache"))
+  proc = subprocess.run(_command(workdir), cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  results = _results(workdir)
+  assert [c["method"] for c in results["cohorts"]] == ["geo_tree", "geo_demographic", "automatic"]
+  for c in results["cohorts"]:
+    assert 0.0 <= c["bottom_share"] <= 1.0
+    assert _is_fraction_or_none(c["wer_gap"])
+    if c["wer_gap"] is not None:
+      low, high = c["wer_gap_ci"]
+      assert low <= c["wer_gap"] <= high
+  assert results["automatic"]["k"] in (2, 3)
+  assert "geo_tree" in proc.stdout and "bottom share" in proc.stdout
+  for name in ("cohort_map", "cohort_gaps", "kmeans_k"):
+    assert os.path.getsize(os.path.join(workdir, "figures", f"{name}.png")) > 5_000
+  # A rerun restores both models from their checkpoints and the cached scores: no training step.
+  with open(os.path.join(workdir, "asr", "metrics.jsonl"), encoding="utf-8") as f:
+    asr_rows = len(f.readlines())
+  again = subprocess.run(_command(workdir), cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
+  assert again.returncode == 0, again.stderr[-3000:]
+  with open(os.path.join(workdir, "asr", "metrics.jsonl"), encoding="utf-8") as f:
+    assert len(f.readlines()) <= asr_rows + 1  # at most the final num_params row
+  assert _results(workdir)["cohorts"] == results["cohorts"]
