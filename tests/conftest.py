@@ -49,7 +49,11 @@ _SLOW_FIRST = (
     "tests/projects/pate_asr/test_main.py",
     "tests/train/test_multihost.py",
     "tests/projects/pate_asr/test_dpsgd.py",
+    "tests/projects/fairness/test_main.py",
+    "tests/projects/fairness/test_mitigation.py",
     "tests/projects/fedlearn/test_main.py",
+    "tests/projects/fairness/test_verification.py",
+    "tests/models/test_speaker.py",
     "tests/dp/test_clipping_and_noise.py",
     "tests/train/test_data_parallel.py",
 )

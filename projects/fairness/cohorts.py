@@ -107,13 +107,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict | None:
   wall_start = time.perf_counter()
   os.makedirs(workdir, exist_ok=True)
   data = data_lib.load(config)
-  base = recognizer.train_base(config, workdir, data)
+  base = recognizer.base_and_scores(config, workdir, data)
   if base is None:
     return None
-  model, params = base
-  asr_dir = os.path.join(workdir, "asr")
-  dev_scores = recognizer.score(config, asr_dir, model, params, data.dev, data.tokenizer, "dev")
-  test_scores = recognizer.score(config, asr_dir, model, params, data.test, data.tokenizer, "test")
+  params, dev_scores, test_scores = base.params, base.dev, base.test
   spk = speaker_mod.train(config, os.path.join(workdir, "speaker"), data.train, arw=False)
   if spk is None:
     return None

@@ -80,13 +80,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict | None:
   wall_start = time.perf_counter()
   os.makedirs(workdir, exist_ok=True)
   data = data_lib.load(config)
-  base = recognizer.train_base(config, workdir, data)
+  base = recognizer.base_and_scores(config, workdir, data)
   if base is None:
     return None
-  model, base_params = base
-  asr_dir = os.path.join(workdir, "asr")
-  base_dev = recognizer.score(config, asr_dir, model, base_params, data.dev, data.tokenizer, "dev")
-  base_test = recognizer.score(config, asr_dir, model, base_params, data.test, data.tokenizer, "test")
+  model, base_params, base_dev, base_test = base.model, base.params, base.dev, base.test
 
   # Cohorts: the geographic tree's leaves, fitted on the dev speakers' errors.
   c = config.cohorts

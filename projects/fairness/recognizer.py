@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-from typing import Callable
+from typing import Any, Callable
 
 import ml_collections
 import numpy as np
@@ -72,6 +72,26 @@ def _decode_fn(model):
   """One jitted decoder per model (flax modules hash by their config): the base model and its
   fine-tunes share the architecture, so each split shape compiles once, not once per stage."""
   return evaluate_lib.make_decode_fn(model)
+
+
+@dataclasses.dataclass(frozen=True)
+class Base:
+  """The base recognizer and its per-utterance scores on the dev and test speakers."""
+  model: Any
+  params: Any
+  dev: Scores
+  test: Scores
+
+
+def base_and_scores(config: ml_collections.ConfigDict, workdir: str, data) -> Base | None:
+  """`train_base`, then its dev and test scores (cached); None if a signal stopped training."""
+  base = train_base(config, workdir, data)
+  if base is None:
+    return None
+  model, params = base
+  stage = os.path.join(workdir, "asr")
+  return Base(model, params, score(config, stage, model, params, data.dev, data.tokenizer, "dev"),
+              score(config, stage, model, params, data.test, data.tokenizer, "test"))
 
 
 def score(config: ml_collections.ConfigDict, stage_dir: str, model, params, split: pipeline.SpeechSplit,

@@ -1,7 +1,7 @@
 """End-to-end: the fairness entrypoint on the tiny configs writes every output the issue names.
 
-`cohorts:tiny` runs through the real entrypoint (a subprocess, one real CPU device) and is
-rerun to check that finished stages are restored, not retrained (`ewc:tiny` and `arw:tiny`
+`cohorts:tiny` runs through the real entrypoint (a subprocess, one real CPU device) and leaves
+what a rerun restores from: checkpoints and cached scores (`ewc:tiny` and `arw:tiny`
 run in-process in test_mitigation.py and test_verification.py). The numbers of tiny runs mean
 nothing; the checks are on what is written and on the invariants between its parts.
 """
@@ -40,7 +40,7 @@ def _is_fraction_or_none(x):
   return x is None or (isinstance(x, float) and np.isfinite(x))
 
 
-def test_cohorts_entrypoint_writes_results_figures_and_resumes(tiny_corpus_dir, tmp_path):
+def test_cohorts_entrypoint_writes_results_figures_and_checkpoints(tiny_corpus_dir, tmp_path):
   workdir = str(tmp_path / "cohorts")
   env = _env(tiny_corpus_dir, str(tmp_path / "jax_cache"))
   proc = subprocess.run(_command(workdir), cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
@@ -57,11 +57,8 @@ def test_cohorts_entrypoint_writes_results_figures_and_resumes(tiny_corpus_dir, 
   assert "geo_tree" in proc.stdout and "bottom share" in proc.stdout
   for name in ("cohort_map", "cohort_gaps", "kmeans_k"):
     assert os.path.getsize(os.path.join(workdir, "figures", f"{name}.png")) > 5_000
-  # A rerun restores both models from their checkpoints and the cached scores: no training step.
-  with open(os.path.join(workdir, "asr", "metrics.jsonl"), encoding="utf-8") as f:
-    asr_rows = len(f.readlines())
-  again = subprocess.run(_command(workdir), cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
-  assert again.returncode == 0, again.stderr[-3000:]
-  with open(os.path.join(workdir, "asr", "metrics.jsonl"), encoding="utf-8") as f:
-    assert len(f.readlines()) <= asr_rows + 1  # at most the final num_params row
-  assert _results(workdir)["cohorts"] == results["cohorts"]
+  # What a rerun needs is on disk: both models' final checkpoints and the cached scores (the
+  # resumable loop restores from them; its resume is tested in tests/train and tests/projects/pate_asr).
+  assert sorted(os.listdir(os.path.join(workdir, "asr", "checkpoints")))[-1] == "6"
+  assert sorted(os.listdir(os.path.join(workdir, "speaker", "checkpoints")))[-1] == "6"
+  assert {"scores_dev.npz", "scores_test.npz"} <= set(os.listdir(os.path.join(workdir, "asr")))

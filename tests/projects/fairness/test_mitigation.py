@@ -1,4 +1,5 @@
-"""End-to-end, in-process: `ewc:tiny` writes every output the issue names (on one device: five trainings compile much faster there).
+"""End-to-end, in-process: `ewc:tiny` writes every output the issue names, and a rerun restores
+every stage (on one device: five trainings compile much faster there).
 
 The numbers of tiny runs mean nothing; the checks are on what is written and on the
 invariants between its parts.
@@ -28,3 +29,14 @@ def test_ewc_tiny_runs_every_method(tiny_corpus_dir, tmp_path):
   assert len(results["ewc_sweep"]) == len(config.ewc.strengths)
   assert [c["method"] for c in results["controls"]] == ["continue"]
   assert os.path.getsize(os.path.join(str(tmp_path / "ewc"), "figures", "ewc_cohorts.png")) > 5_000
+  # A rerun restores every stage (no training step logged again) and reproduces the results.
+  rows = {stage: _rows(tmp_path / "ewc" / stage) for stage in ("asr", "continue", "finetune", "ewc_10")}
+  again = mitigation.run(config, str(tmp_path / "ewc"))
+  assert again["runs"] == results["runs"] and again["controls"] == results["controls"]
+  for stage, n in rows.items():
+    assert _rows(tmp_path / "ewc" / stage) == n, stage  # no training step ran again
+
+
+def _rows(stage_dir):
+  with open(os.path.join(str(stage_dir), "metrics.jsonl"), encoding="utf-8") as f:
+    return sum(1 for line in f if '"train/loss"' in line)
