@@ -27,6 +27,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 from typing import Any, Callable, Iterator, Sequence
@@ -281,6 +282,14 @@ def calibrate_noise_multiplier(target_epsilon: float, delta: float, sampling_pro
     raise ValueError("steps must be > 0 to calibrate a noise multiplier (0 steps cost nothing)")
   check_accountant(accountant)
   _checks.check_positive("tol", tol)
+  orders = None if orders is None else tuple(float(o) for o in orders)
+  return _calibrate_dpsgd(target_epsilon, delta, q, steps, accountant, tol, orders, pld_discretization)
+
+
+@functools.lru_cache(maxsize=256)
+def _calibrate_dpsgd(target_epsilon, delta, q, steps, accountant, tol, orders, pld_discretization) -> float:
+  # A pure function of its (checked, hashable) arguments, and each call runs dozens of RDP
+  # evaluations: a resumed or repeated run with the same settings reuses the answer.
   return calibrate_event_noise_multiplier(
       lambda sigma: poisson_gaussian_event(sigma, q, steps), target_epsilon, delta, accountant,
       tol=tol, orders=orders, pld_discretization=pld_discretization)

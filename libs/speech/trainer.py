@@ -35,6 +35,28 @@ from libs.train import rng as rng_lib
 from libs.train import steps as steps_lib
 from libs.train.state import TrainState
 
+# Compiled (init, step) pairs by (model, train config, mesh): stages that train the same
+# model with the same train section in one process (fine-tuning variants, a resume after a
+# signal) compile once. Only the config-built optimizer and loss are cached, never a caller's.
+_STEPS: dict = {}
+_MAX_STEPS = 8
+
+
+def _cached_steps(model, tcfg: ml_collections.ConfigDict, mesh):
+  key = (model, tcfg.to_json_best_effort(sort_keys=True), mesh)
+  if key not in _STEPS:
+    if len(_STEPS) >= _MAX_STEPS:
+      _STEPS.pop(next(iter(_STEPS)))
+    optimizer = optimizers.make_optimizer(tcfg)
+    loss_fn = evaluate_lib.make_loss_fn(model, evaluate_lib.spec_augment_config(tcfg))
+    _STEPS[key] = _build_steps(optimizer, loss_fn, mesh)
+  return _STEPS[key]
+
+
+def _build_steps(optimizer, loss_fn, mesh):
+  create = jax.jit(lambda p: TrainState.create(p, optimizer))
+  return create, steps_lib.jit_data_parallel(steps_lib.make_train_step(loss_fn, optimizer), mesh)
+
 
 @dataclasses.dataclass
 class TrainResult:
@@ -62,16 +84,19 @@ def train(config: ml_collections.ConfigDict, workdir: str, model, train_split: p
   mesh_lib.check_batch_size(tcfg.batch_size, mesh, "config.train.batch_size")
   streams = rng_lib.Streams(config.seed)
   init_key, train_key = streams.key("init"), streams.key("train")
-  optimizer = optimizer or optimizers.make_optimizer(tcfg)
-  loss_fn = loss_fn or evaluate_lib.make_loss_fn(model, evaluate_lib.spec_augment_config(tcfg))
+  if optimizer is None and loss_fn is None:
+    create, step_fn = _cached_steps(model, tcfg, mesh)
+  else:
+    optimizer = optimizer or optimizers.make_optimizer(tcfg)
+    loss_fn = loss_fn or evaluate_lib.make_loss_fn(model, evaluate_lib.spec_augment_config(tcfg))
+    create, step_fn = _build_steps(optimizer, loss_fn, mesh)
   params = (init_params if init_params is not None
             else asr_lib.init_params(model, init_key, train_split.features[0].shape[1]))
-  state = jax.jit(lambda p: TrainState.create(p, optimizer))(params)
+  state = create(params)
   state = mesh_lib.replicate(state, mesh)
   ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), save_every=tcfg.checkpoint_every)
   batcher = pipeline.Batcher(train_split, tcfg.batch_size, seed=streams.seed("batch_order"),
                              num_buckets=tcfg.num_buckets)
-  step_fn = steps_lib.jit_data_parallel(steps_lib.make_train_step(loss_fn, optimizer), mesh)
   writer = metrics_lib.create_writer(workdir)
   if not ckpt.latest_step():
     writer.write_hparams(dict(_flatten(config.to_dict())))

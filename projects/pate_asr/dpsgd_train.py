@@ -230,7 +230,20 @@ class _SpeakerBatches:
     return out
 
 
+_STEPS: dict = {}  # (model, dpsgd + train config, batch size, unit) -> the jitted pair; a resume reuses it.
+
+
 def _jitted_steps(config, model, expected_batch_size, unit):
+  key = (model, config.dpsgd.to_json_best_effort(sort_keys=True),
+         config.train.to_json_best_effort(sort_keys=True), float(expected_batch_size), unit)
+  if key not in _STEPS:
+    if len(_STEPS) >= 4:
+      _STEPS.pop(next(iter(_STEPS)))
+    _STEPS[key] = _build_jitted_steps(config, model, expected_batch_size, unit)
+  return _STEPS[key]
+
+
+def _build_jitted_steps(config, model, expected_batch_size, unit):
   """`accumulate(grads, params, batch, key)` (sum of clipped per-unit gradients, per model)
   and `apply_step(state, grads, sigmas)` (noise + Adam, per model), both jitted and vmapped.
 
