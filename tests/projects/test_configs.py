@@ -63,7 +63,11 @@ def test_config_builds_and_validates(path, variant):
     fairness_validation.validate(config)
   if "fedlearn" in path:
     from projects.fedlearn import validation as fl_validation  # pylint: disable=import-outside-toplevel
-    assert fl_validation.sub_runs(config)  # every sub-run merges and validates
+    if config.mode == "audit":
+      from projects.fedlearn import audit  # pylint: disable=import-outside-toplevel
+      audit.validate(config)
+    else:
+      assert fl_validation.sub_runs(config)  # every sub-run merges and validates
   # The docstring holds the exact command, with the variant after the colon.
   project = os.path.relpath(path, REPO).split(os.sep)[1]
   command = f"python -m projects.{project}.main --config={_id(path, variant)}"
