@@ -13,7 +13,8 @@ sub-runs are skipped on a rerun. Writes results.json, metrics, figures/*.png and
 from libs.train import app
 
 # config.mode -> run(config, workdir)
-RUNNERS = {"experiment": "projects.fedlearn.simulation:run", "audit": "projects.fedlearn.audit:run"}
+RUNNERS = {"experiment": "projects.fedlearn.simulation:run", "audit": "projects.fedlearn.audit:run",
+           "membership": "projects.fedlearn.membership:run"}
 
 if __name__ == "__main__":
   app.run_main(RUNNERS)

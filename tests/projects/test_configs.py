@@ -63,9 +63,9 @@ def test_config_builds_and_validates(path, variant):
     fairness_validation.validate(config)
   if "fedlearn" in path:
     from projects.fedlearn import validation as fl_validation  # pylint: disable=import-outside-toplevel
-    if config.mode == "audit":
-      from projects.fedlearn import audit  # pylint: disable=import-outside-toplevel
-      audit.validate(config)
+    if config.mode in ("audit", "membership"):
+      from projects.fedlearn import audit, membership  # pylint: disable=import-outside-toplevel
+      {"audit": audit, "membership": membership}[config.mode].validate(config)
     else:
       assert fl_validation.sub_runs(config)  # every sub-run merges and validates
   # The docstring holds the exact command, with the variant after the colon.
