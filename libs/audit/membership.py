@@ -7,6 +7,10 @@
 * `roc_metrics`: AUC and TPR at fixed FPRs (sklearn's ROC, interpolated at the FPR).
 * `dp_tpr_bound`: the largest TPR an (epsilon, delta)-DP mechanism allows at a given FPR,
   TPR <= min(e^eps FPR + delta, 1 - e^-eps (1 - delta - FPR)) (Kairouz et al. 2015).
+* `profile_tpr_bound`: the same bound minimised over a mechanism's whole privacy profile
+  (delta(epsilon) for many epsilons, e.g. from the PLD accountant): a mechanism is
+  (epsilon, delta(epsilon))-DP for every epsilon at once, which is much tighter than any one
+  pair (for the Gaussian mechanism it is its exact trade-off curve, Dong et al. 2022).
 
 Scores are "higher means member" everywhere.
 
@@ -121,3 +125,14 @@ def dp_tpr_bound(fpr, epsilon: float, delta: float) -> np.ndarray:
     return np.ones_like(fpr)
   bound = np.minimum(math.exp(epsilon) * fpr + delta, 1 - math.exp(-epsilon) * (1 - delta - fpr))
   return np.clip(bound, 0.0, 1.0)
+
+
+def profile_tpr_bound(fpr, epsilons, deltas) -> np.ndarray:
+  """min over the profile's (epsilon, delta) pairs of `dp_tpr_bound`: [len(fpr)] or scalar."""
+  fpr = np.asarray(fpr, np.float64)
+  eps = np.asarray(epsilons, np.float64).ravel()
+  dels = np.asarray(deltas, np.float64).ravel()
+  if eps.shape != dels.shape or eps.size == 0:
+    raise ValueError(f"need as many deltas as epsilons (at least one), got {eps.size} and {dels.size}")
+  bounds = [dp_tpr_bound(fpr, e, min(max(d, 0.0), 1 - 1e-16)) for e, d in zip(eps, dels)]
+  return np.min(np.stack(bounds), axis=0)

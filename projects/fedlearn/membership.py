@@ -11,7 +11,8 @@ loss of Poisson-sampled batches) and DP-SGD (per-example clipping, Gaussian nois
 post-processing; example-level, RDP, delta 1e-5) at each target epsilon. Attacks:
 `loss` (loss threshold) and `lira` (online LiRA on logit-scaled confidences); per setting
 the AUC, TPR at 0.1% and 1% FPR, and next to them the largest TPR at 1% FPR that the
-setting's (epsilon, delta) allows (`libs.audit.membership.dp_tpr_bound`).
+setting's (epsilon, delta) allows (`libs.audit.membership.dp_tpr_bound`) and the tighter bound of
+the run's whole privacy profile from the PLD accountant (`profile_tpr_bound`).
 """
 
 from __future__ import annotations
@@ -146,14 +147,22 @@ def attack(log_probs: np.ndarray, y: np.ndarray, member: np.ndarray, targets: in
   return out
 
 
-def plot(curves: list[tuple[str, np.ndarray, np.ndarray]], bounds: list[tuple[str, float, float]], path: str) -> str:
+def privacy_profile(sigma: float, q: float, steps: int, epsilon: float) -> tuple[np.ndarray, np.ndarray]:
+  """(epsilons, deltas) of the DP-SGD run's privacy profile from the PLD accountant."""
+  acct = accounting.make_accountant("pld").compose(accounting.poisson_gaussian_event(sigma, q, steps))
+  grid = np.linspace(0.0, 2 * epsilon + 2, 120)
+  return grid, np.array([acct.get_delta(e) for e in grid])
+
+
+def plot(curves: list[tuple[str, np.ndarray, np.ndarray]], bounds: list[tuple[str, np.ndarray, np.ndarray]],
+         path: str) -> str:
   fig, ax = plt.subplots(figsize=(5.5, 5))
   grid = np.logspace(-4, 0, 200)
-  for label, fpr, tpr in curves:
-    ax.plot(np.maximum(fpr, 1e-4), np.maximum(tpr, 1e-4), label=label)
-  for label, eps, delta in bounds:
-    ax.plot(grid, np.maximum(mia.dp_tpr_bound(grid, eps, delta), 1e-4), ":", color="gray", lw=1)
-    ax.annotate(f"DP bound {label}", (grid[60], mia.dp_tpr_bound(grid[60], eps, delta)), fontsize=7, color="gray")
+  for (label, fpr, tpr), color in zip(curves, ("C0", "C1", "C2", "C3", "C4")):
+    ax.plot(np.maximum(fpr, 1e-4), np.maximum(tpr, 1e-4), label=label, color=color)
+  for (label, eps, deltas), color in zip(bounds, ("C1", "C2", "C3", "C4")):
+    ax.plot(grid, np.maximum(mia.profile_tpr_bound(grid, eps, deltas), 1e-4), ":", color=color, lw=1.2,
+            label=f"largest TPR DP allows, {label}")
   ax.plot(grid, grid, "--", color="black", lw=0.8, label="chance")
   ax.set_xscale("log")
   ax.set_yscale("log")
@@ -172,13 +181,15 @@ def plot(curves: list[tuple[str, np.ndarray, np.ndarray]], bounds: list[tuple[st
 
 def format_table(rows: list[dict]) -> str:
   lines = [f"{'model':<12} {'epsilon':>8} {'attack':<6} {'AUC':>6} {'TPR@0.1%':>9} {'TPR@1%':>7} {'bound@1%':>9} "
-           f"{'test acc':>8}"]
+           f"{'profile@1%':>10} {'test acc':>8}"]
   for r in rows:
     eps = "-" if r["epsilon"] is None else f"{r['epsilon']:.2f}"
     lines.append(f"{r['model']:<12} {eps:>8} {r['attack']:<6} {r['auc']:>6.3f} {r['tpr_at_fpr_0.001']:>9.4f} "
-                 f"{r['tpr_at_fpr_0.01']:>7.4f} {r['tpr_bound_at_fpr_0.01']:>9.4f} {r['test_accuracy']:>8.3f}")
+                 f"{r['tpr_at_fpr_0.01']:>7.4f} {r['tpr_bound_at_fpr_0.01']:>9.4f} "
+                 f"{r['tpr_profile_bound_at_fpr_0.01']:>10.4f} {r['test_accuracy']:>8.3f}")
   lines.append("epsilon: example-level, delta 1e-5, RDP accountant; bound: the largest TPR at 1% FPR that "
-               "(epsilon, delta)-DP allows (1 without DP)")
+               "(epsilon, delta)-DP allows (1 without DP); profile: the same over the run's whole privacy profile "
+               "(PLD accountant), which is tighter")
   return "\n".join(lines)
 
 
@@ -232,18 +243,20 @@ def run(config, workdir: str) -> dict:
     # Each model's accuracy on the distinct utterances it did not train on (the other half).
     test_accuracy = float(correct[~member].mean())
     spent = None if sigma is None else accounting.dpsgd_epsilon(sigma, q, cfg.steps, cfg.delta)
+    profile = None if sigma is None else privacy_profile(sigma, q, cfg.steps, spent)
     for attack_name, (ins, outs) in attack(log_probs, y, member, cfg.attack_targets).items():
       m = mia.roc_metrics(ins, outs)
       bound = 1.0 if spent is None else float(mia.dp_tpr_bound(0.01, spent, cfg.delta))
+      profile_bound = 1.0 if spent is None else float(mia.profile_tpr_bound(0.01, *profile))
       rows.append({"model": name, "epsilon": spent, "attack": attack_name, "auc": m["auc"],
                    "tpr_at_fpr_0.001": m["tpr_at_fpr_0.001"], "tpr_at_fpr_0.01": m["tpr_at_fpr_0.01"],
-                   "tpr_bound_at_fpr_0.01": bound, "unit": "example", "delta": cfg.delta, "accountant": "rdp",
+                   "tpr_bound_at_fpr_0.01": bound, "tpr_profile_bound_at_fpr_0.01": profile_bound, "unit": "example", "delta": cfg.delta, "accountant": "rdp",
                    "noise_multiplier": sigma, "test_accuracy": test_accuracy,
                    "members_attacked": int(ins.size), "non_members_attacked": int(outs.size)})
       if attack_name == "lira":
         curves.append((f"{name} (AUC {m['auc']:.3f})", *m["roc"]))
     if spent is not None:
-      bounds.append((f"eps {spent:.3g}", spent, cfg.delta))
+      bounds.append((f"eps {spent:.3g}", *profile))
   figure = plot(curves, bounds, os.path.join(workdir, "figures", "membership_roc.png"))
   results = {"membership": rows, "randomness": rand.describe(), "num_examples": cfg.num_examples,
              "num_models": cfg.num_models, "config": config.to_dict()}

@@ -72,6 +72,21 @@ def test_dp_bound_is_tight_for_randomized_response():
   assert (membership.dp_tpr_bound(fpr, math.inf, 0.0) == 1).all()
 
 
+def test_profile_bound_of_the_gaussian_mechanism_is_its_trade_off_curve():
+  # Gaussian mechanism with sensitivity 1 and noise 1/mu: delta(eps) in closed form (Balle and
+  # Wang 2018), and the best test's TPR at FPR f is Phi(Phi^-1(f) + mu) (Dong, Roth and Su).
+  mu = 1.5
+  eps = np.linspace(0, 12, 4000)
+  norm = scipy_stats.norm
+  delta = norm.cdf(-eps / mu + mu / 2) - np.exp(eps) * norm.cdf(-eps / mu - mu / 2)
+  for f in (0.001, 0.01, 0.1):
+    exact = norm.cdf(norm.ppf(f) + mu)
+    got = float(membership.profile_tpr_bound(f, eps, delta))
+    assert exact - 1e-9 <= got <= exact + 2e-3, (f, got, exact)
+    # Any single pair of the profile is a looser bound.
+    assert got <= float(membership.dp_tpr_bound(f, eps[1000], delta[1000])) + 1e-12
+
+
 def test_bad_input_raises():
   with pytest.raises(ValueError, match="at least one"):
     membership.roc_metrics([], [1.0])

@@ -46,6 +46,7 @@ def test_membership_tiny_writes_rows_with_dp_bounds_and_resumes(tmp_path):
       spent = accounting.dpsgd_epsilon(r["noise_multiplier"], cfg.sampling_probability, cfg.steps, cfg.delta)
       assert r["epsilon"] == pytest.approx(spent) and spent <= 1.0 + 1e-6
       assert r["tpr_bound_at_fpr_0.01"] == pytest.approx(min(np.exp(spent) * 0.01 + cfg.delta, 1.0), rel=1e-9)
+      assert 0.01 <= r["tpr_profile_bound_at_fpr_0.01"] <= r["tpr_bound_at_fpr_0.01"] + 1e-12
   assert os.path.getsize(os.path.join(workdir, "figures", "membership_roc.png")) > 10_000
   assert json.load(open(os.path.join(workdir, "results.json")))["membership"] == rows
   assert membership.run(config, workdir)["membership"] == rows  # The rerun loads the trained stages.
