@@ -15,6 +15,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -86,8 +87,13 @@ def spec_augment_config(train_cfg) -> features_lib.SpecAugmentConfig | None:
       num_time_masks=train_cfg.time_masks, max_time_width=train_cfg.time_mask_width)
 
 
+@functools.lru_cache(maxsize=16)
 def make_decode_fn(model):
   """Jitted greedy decoding: (params, features, lengths) -> (ids [B, L], counts [B]).
+
+  One jitted function per model (flax modules hash by their fields): every stage that decodes
+  with the same architecture (students, fine-tunes, evaluation after a resume) reuses its
+  compiled programs.
 
   Example:
     >>> ids, counts = make_decode_fn(model)(params, batch["features"], batch["feature_lengths"])

@@ -12,7 +12,6 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 from typing import Any, Callable
 
@@ -67,13 +66,6 @@ def train_base(config: ml_collections.ConfigDict, workdir: str, data):
   return None if result is None else (model, result.state.params)
 
 
-@functools.lru_cache(maxsize=4)
-def _decode_fn(model):
-  """One jitted decoder per model (flax modules hash by their config): the base model and its
-  fine-tunes share the architecture, so each split shape compiles once, not once per stage."""
-  return evaluate_lib.make_decode_fn(model)
-
-
 @dataclasses.dataclass(frozen=True)
 class Base:
   """The base recognizer and its per-utterance scores on the dev and test speakers."""
@@ -102,7 +94,8 @@ def score(config: ml_collections.ConfigDict, stage_dir: str, model, params, spli
     with np.load(path) as f:
       if len(f["errors"]) == len(split):
         return Scores(f["errors"], f["words"])
-  result = evaluate_lib.evaluate(_decode_fn(model), params, split, tokenizer, batch_size=config.eval.batch_size)
+  result = evaluate_lib.evaluate(evaluate_lib.make_decode_fn(model), params, split, tokenizer,
+                                 batch_size=config.eval.batch_size)
   scores = Scores(np.array([e.errors for e in result.errors], np.int64),
                   np.array([e.reference_words for e in result.errors], np.int64))
   if io_lib.is_primary():

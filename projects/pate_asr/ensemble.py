@@ -14,6 +14,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from typing import Sequence
 
@@ -153,6 +154,7 @@ def train_ensemble(tcfg: ml_collections.ConfigDict, workdir: str, model,
   return EnsembleResult(out.state.params, out.step, out.train_seconds, out.preempted)
 
 
+@functools.lru_cache(maxsize=8)
 def make_ensemble_decode(model):
   """Jitted greedy decoding of every member: (stacked params, feats, lens) -> ids [M, B, L], counts [M, B]."""
   decode = lambda params, feats, lens: model.apply(
