@@ -31,6 +31,7 @@ import matplotlib
 import numpy as np
 
 from libs import accounting
+from libs.config.checks import require
 from libs.audit import dpsgd as dpsgd_audit
 from libs.audit import stats
 from libs.dp.randomness import DpRandomness
@@ -147,8 +148,9 @@ def format_table(rows: list[dict]) -> str:
                  f"{r['empirical_epsilon_lower']:>15.3f} {r['fpr']:>6.3f} {r['fnr']:>6.3f}  {r['statistic']:<9}  "
                  f"{verdict}")
   r = rows[0]
-  lines.append(f"delta {r['delta']:g}, {100 * r['confidence']:.0f}% Clopper-Pearson confidence, {r['runs_per_side']} "
-               "runs with and without the canary each (threshold chosen on half, bound on the other half)")
+  lines.append(f"delta {r['delta']:g}, {100 * r['confidence']:.0f}% Clopper-Pearson confidence, claims by the "
+               f"RDP accountant, {r['runs_per_side']} runs with and without the canary each (threshold chosen on "
+               "half, bound on the other half)")
   return "\n".join(lines)
 
 
@@ -156,29 +158,26 @@ def validate(config) -> None:
   """Clear errors for a bad audit config, naming the field."""
   cfg = config.audit
 
-  def require(ok, field, message, value):
-    if not ok:
-      raise ValueError(f"config.audit.{field} {message}, got {value!r}")
-
-  require(cfg.target_epsilon > 0, "target_epsilon", "must be > 0", cfg.target_epsilon)
-  require(isinstance(cfg.runs, int) and cfg.runs >= 8, "runs", "must be an integer >= 8", cfg.runs)
-  require(0 < cfg.alpha < 1, "alpha", "must be in (0, 1)", cfg.alpha)
-  require(cfg.observation in dpsgd_audit.OBSERVATIONS, "observation", f"must be one of {dpsgd_audit.OBSERVATIONS}",
+  require(cfg.target_epsilon > 0, "audit.target_epsilon", "must be > 0", cfg.target_epsilon)
+  require(isinstance(cfg.runs, int) and cfg.runs >= 8, "audit.runs", "must be an integer >= 8", cfg.runs)
+  require(0 < cfg.alpha < 1, "audit.alpha", "must be in (0, 1)", cfg.alpha)
+  require(cfg.observation in dpsgd_audit.OBSERVATIONS, "audit.observation",
+          f"must be one of {dpsgd_audit.OBSERVATIONS}",
           cfg.observation)
-  require(set(cfg.breakages) <= set(BREAKAGES), "breakages", f"must be a subset of {tuple(BREAKAGES)}",
+  require(set(cfg.breakages) <= set(BREAKAGES), "audit.breakages", f"must be a subset of {tuple(BREAKAGES)}",
           cfg.breakages)
   if not isinstance(config.insecure_reproducible_noise, bool):
     raise ValueError(f"config.insecure_reproducible_noise must be a bool, got {config.insecure_reproducible_noise!r}")
   for name in ("dpsgd", "fedavg"):
     m = cfg[name]
-    require(0 < m.sampling_probability <= 1, f"{name}.sampling_probability", "must be in (0, 1]",
+    require(0 < m.sampling_probability <= 1, f"audit.{name}.sampling_probability", "must be in (0, 1]",
             m.sampling_probability)
-    require(isinstance(m.steps, int) and m.steps >= 1, f"{name}.steps", "must be an integer >= 1", m.steps)
-    require(isinstance(m.num_examples, int) and m.num_examples >= 2, f"{name}.num_examples",
+    require(isinstance(m.steps, int) and m.steps >= 1, f"audit.{name}.steps", "must be an integer >= 1", m.steps)
+    require(isinstance(m.num_examples, int) and m.num_examples >= 2, f"audit.{name}.num_examples",
             "must be an integer >= 2", m.num_examples)
-    require(isinstance(m.dim, int) and m.dim >= 2, f"{name}.dim", "must be an integer >= 2", m.dim)
-    require(m.canary_norm > 0, f"{name}.canary_norm", "must be > 0", m.canary_norm)
-    require(0 < m.delta < 1, f"{name}.delta", "must be in (0, 1)", m.delta)
+    require(isinstance(m.dim, int) and m.dim >= 2, f"audit.{name}.dim", "must be an integer >= 2", m.dim)
+    require(m.canary_norm > 0, f"audit.{name}.canary_norm", "must be > 0", m.canary_norm)
+    require(0 < m.delta < 1, f"audit.{name}.delta", "must be in (0, 1)", m.delta)
 
 
 def run(config, workdir: str) -> dict:

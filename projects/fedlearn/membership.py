@@ -26,6 +26,7 @@ import numpy as np
 import optax
 
 from libs import accounting
+from libs.config.checks import require
 from libs.audit import membership as mia
 from libs.dp import clipping
 from libs.dp import noise as noise_lib
@@ -196,20 +197,18 @@ def format_table(rows: list[dict]) -> str:
 def validate(config) -> None:
   cfg = config.membership
 
-  def require(ok, field, message, value):
-    if not ok:
-      raise ValueError(f"config.membership.{field} {message}, got {value!r}")
-
-  require(isinstance(cfg.num_models, int) and cfg.num_models >= 4, "num_models", "must be an integer >= 4",
+  require(isinstance(cfg.num_models, int) and cfg.num_models >= 4, "membership.num_models", "must be an integer >= 4",
           cfg.num_models)
-  require(isinstance(cfg.num_examples, int) and cfg.num_examples >= 8, "num_examples", "must be an integer >= 8",
+  require(isinstance(cfg.num_examples, int) and cfg.num_examples >= 8, "membership.num_examples",
+          "must be an integer >= 8",
           cfg.num_examples)
-  require(0 < cfg.sampling_probability <= 1, "sampling_probability", "must be in (0, 1]", cfg.sampling_probability)
-  require(isinstance(cfg.steps, int) and cfg.steps >= 1, "steps", "must be an integer >= 1", cfg.steps)
-  require(all(e > 0 for e in cfg.target_epsilons), "target_epsilons", "must all be > 0", cfg.target_epsilons)
-  require(1 <= cfg.attack_targets <= cfg.num_models, "attack_targets", "must be in [1, num_models]",
+  require(0 < cfg.sampling_probability <= 1, "membership.sampling_probability", "must be in (0, 1]",
+          cfg.sampling_probability)
+  require(isinstance(cfg.steps, int) and cfg.steps >= 1, "membership.steps", "must be an integer >= 1", cfg.steps)
+  require(all(e > 0 for e in cfg.target_epsilons), "membership.target_epsilons", "must all be > 0", cfg.target_epsilons)
+  require(1 <= cfg.attack_targets <= cfg.num_models, "membership.attack_targets", "must be in [1, num_models]",
           cfg.attack_targets)
-  require(cfg.learning_rate > 0 and cfg.l2_clip_norm > 0, "learning_rate/l2_clip_norm", "must be > 0",
+  require(cfg.learning_rate > 0 and cfg.l2_clip_norm > 0, "membership.learning_rate/l2_clip_norm", "must be > 0",
           (cfg.learning_rate, cfg.l2_clip_norm))
 
 
