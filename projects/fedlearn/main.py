@@ -14,7 +14,7 @@ from libs.train import app
 
 # config.mode -> run(config, workdir)
 RUNNERS = {"experiment": "projects.fedlearn.simulation:run", "audit": "projects.fedlearn.audit:run",
-           "membership": "projects.fedlearn.membership:run"}
+           "membership": "projects.fedlearn.membership:run", "canaries": "projects.fedlearn.canaries:run"}
 
 if __name__ == "__main__":
   app.run_main(RUNNERS)

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import matplotlib
 import numpy as np
 import optax
+import tqdm
 
 from libs import accounting
 from libs.config.checks import require
@@ -84,21 +85,33 @@ def _batches(member: np.ndarray, q: float, physical: int, rng: np.random.Generat
   return idx, w
 
 
-def train_ensemble(task: tasks.Task, x: np.ndarray, y: np.ndarray, member: np.ndarray, cfg, *,
-                   noise_multiplier: float | None, rand: DpRandomness, init_key: jax.Array, name: str):
-  """Trains one model per row of `member`; DP-SGD when `noise_multiplier` is given."""
-  num_models, n = member.shape
-  q = cfg.sampling_probability
-  expected = q * (n // 2)  # A public constant (models hold about n / 2): the noisy sum's divisor.
+def train_models(task: tasks.Task, x: np.ndarray, y: np.ndarray, member: np.ndarray, cfg, *,
+                 noise_multiplier: float | None, expected_batch_size: float, rand: DpRandomness,
+                 init_key: jax.Array, name: str, progress: bool = True):
+  """Trains one model per row of `member` (one vmapped ensemble); DP-SGD when `noise_multiplier` is given.
+
+  Args:
+    x, y: the examples, shared by all models ([N, L], [N]) or one set per model ([M, N, L], [M, N]).
+    member: bool [M, N]: the examples each model may sample (Poisson, rate cfg.sampling_probability).
+    cfg: steps, sampling_probability, physical_batch_size, learning_rate, l2_clip_norm.
+    expected_batch_size: DP-SGD's divisor of the noisy sum: a public constant, never the realised
+      batch size or a count of a model's private examples.
+    rand: secret randomness of DP noise and sampling (`name` separates the streams).
+
+  Returns:
+    The stacked params [M, ...].
+  """
+  num_models = member.shape[0]
+  per_model = np.ndim(y) == 2
   xs, ys = jnp.asarray(x), jnp.asarray(y)
   params = jax.jit(jax.vmap(task.init))(jax.random.split(init_key, num_models))
   adam = optax.adam(cfg.learning_rate)
   if noise_multiplier is None:
     opt = adam
 
-    def grads_of(p, idx, w):
+    def grads_of(p, xb, yb, w):
       def mean_loss(p):
-        return jnp.sum(w * task.example_losses(p, xs[idx], ys[idx])) / jnp.maximum(w.sum(), 1.0)
+        return jnp.sum(w * task.example_losses(p, xb, yb)) / jnp.maximum(w.sum(), 1.0)
       return jax.grad(mean_loss)(p)
 
     opt_state = jax.vmap(opt.init)(params)
@@ -108,27 +121,39 @@ def train_ensemble(task: tasks.Task, x: np.ndarray, y: np.ndarray, member: np.nd
 
     def make_opt(key):
       return noise_lib.dpsgd(cfg.learning_rate, l2_clip_norm=cfg.l2_clip_norm, noise_multiplier=noise_multiplier,
-                             expected_batch_size=expected, key=key, optimizer=adam)
+                             expected_batch_size=expected_batch_size, key=key, optimizer=adam)
 
     opt = make_opt(jax.random.key(0))  # Its update reads the per-model noise key from the state.
 
-    def grads_of(p, idx, w):
-      return grad_fn(p, xs[idx], ys[idx], example_weights=w)
+    def grads_of(p, xb, yb, w):
+      return grad_fn(p, xb, yb, example_weights=w)
 
     keys = jax.random.split(rand.key(f"membership/{name}/noise"), num_models)
     opt_state = jax.jit(jax.vmap(lambda p, k: make_opt(k).init(p)))(params, keys)
 
   @jax.jit
   def step(params, opt_state, idx, w):
-    def one(p, s, i, wi):
-      updates, s = opt.update(grads_of(p, i, wi), s, p)
+    def one(p, s, xm, ym, i, wi):
+      updates, s = opt.update(grads_of(p, xm[i], ym[i], wi), s, p)
       return optax.apply_updates(p, updates), s
-    return jax.vmap(one)(params, opt_state, idx, w)
+    data_axis = 0 if per_model else None
+    return jax.vmap(one, (0, 0, data_axis, data_axis, 0, 0))(params, opt_state, xs, ys, idx, w)
 
   rng = np.random.default_rng(rand.seed(f"membership/{name}/sampling"))
-  for _ in range(cfg.steps):
-    idx, w = _batches(member, q, cfg.physical_batch_size, rng)
+  for _ in tqdm.trange(cfg.steps, desc=name, leave=False, disable=not progress):
+    idx, w = _batches(member, cfg.sampling_probability, cfg.physical_batch_size, rng)
     params, opt_state = step(params, opt_state, jnp.asarray(idx), jnp.asarray(w))
+  return params
+
+
+def train_ensemble(task: tasks.Task, x: np.ndarray, y: np.ndarray, member: np.ndarray, cfg, *,
+                   noise_multiplier: float | None, rand: DpRandomness, init_key: jax.Array, name: str):
+  """Trains one model per row of `member` on its half; returns every model's log-probabilities of
+  every example, float64 [models, examples, classes]."""
+  expected = cfg.sampling_probability * (member.shape[1] // 2)  # Public: models hold about n / 2.
+  params = train_models(task, x, y, member, cfg, noise_multiplier=noise_multiplier, expected_batch_size=expected,
+                        rand=rand, init_key=init_key, name=name)
+  xs = jnp.asarray(x)
   log_probs = jax.jit(jax.vmap(lambda p: jax.nn.log_softmax(task.apply(p, xs))))(params)
   return np.asarray(log_probs, np.float64)
 

@@ -40,10 +40,17 @@ class IntentClassifier(nn.Module):
 
   @nn.compact
   def __call__(self, tokens):
-    mask = (tokens > 0)[..., None].astype(jnp.float32)
-    # Zeroed padding embeddings make the convolution at the last word independent of how
-    # much padding follows.
-    x = nn.Embed(self.vocab_size, self.embed_dim)(tokens) * mask
+    """Logits [..., num_intents] of int tokens [..., L], or of token distributions [..., L, vocab]
+    (float: a relaxed input, as canary extraction optimises; one-hot rows give the same logits)."""
+    embed = nn.Embed(self.vocab_size, self.embed_dim)
+    if jnp.issubdtype(tokens.dtype, jnp.floating):
+      mask = 1.0 - tokens[..., :1]  # 1 - P(padding), token 0
+      x = (tokens @ embed.embedding) * mask
+    else:
+      mask = (tokens > 0)[..., None].astype(jnp.float32)
+      # Zeroed padding embeddings make the convolution at the last word independent of how
+      # much padding follows.
+      x = embed(tokens) * mask
     # A width-3 convolution written as a Dense layer on [previous, current, next] word
     # windows: under vmap over clients (each with its own weights) a Conv becomes a grouped
     # convolution, which XLA:CPU runs several times slower than the batched matmul this is.
