@@ -27,6 +27,13 @@ stage (`libs.train.io.run_stage`; training stages also resume from their checkpo
   <scenario>/dpsgd_<unit>/  DP-SGD per target at the speaker and the utterance level;
   results.json, the table, figures/wer_vs_epsilon.png.
 
+The trained parameters of the public model, the non-private model, the final (self-trained)
+students and the DP-SGD models are kept as `params.msgpack` in their stage's directory
+(`load_params`; stacked ones have a leading axis of members: the students in the order of
+`students/done.json`'s index, DP-SGD in the order of `config.pate.target_epsilons`), for the
+attacks that study them (`projects/pate_asr/inversion.py`). A workdir from before they were
+kept gets them from each finished stage's final checkpoint on a rerun, without training.
+
 What is private (never in results.json or the table): vote histograms, raw data-dependent
 costs, smooth sensitivities, and the teachers' own WERs and agreement, under
 `<scenario>/private/`; and the training logs and checkpoints of the models trained on
@@ -48,10 +55,12 @@ import math
 import os
 import time
 
+import flax
 import jax
 import matplotlib
 import ml_collections
 import numpy as np
+import orbax.checkpoint as ocp
 
 from libs.data import pipeline
 from libs.dp.randomness import INSECURE, DpRandomness
@@ -79,8 +88,65 @@ METHOD_LABELS = {"pate_lnmax": "PATE-LNMax", "pate_gnmax": "PATE-GNMax",
                  "public_only": "public only"}
 
 
+PARAMS_FILE = "params.msgpack"
+
+
 class Preempted(Exception):
   """A stage was stopped by a signal after checkpointing."""
+
+
+def params_path(stage_dir: str) -> str:
+  return os.path.join(stage_dir, PARAMS_FILE)
+
+
+def save_params(stage_dir: str, params) -> str:
+  """Writes a stage's trained parameters to `stage_dir/params.msgpack` (atomically, process 0)."""
+  path = params_path(stage_dir)
+  if io_lib.is_primary():
+    os.makedirs(stage_dir, exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "wb") as f:
+      f.write(flax.serialization.msgpack_serialize(jax.tree.map(np.asarray, jax.device_get(params))))
+    os.replace(tmp, path)
+  return path
+
+
+def load_params(stage_dir: str):
+  """A stage's saved parameters (nested dicts of NumPy arrays).
+
+  Raises:
+    FileNotFoundError: naming the file, when the stage has not saved them (not run, or not
+      finished: rerun the sweep on the workdir).
+  """
+  path = params_path(stage_dir)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path} does not exist: the sweep stage has not finished (rerun the sweep on this "
+                            "workdir; finished stages are skipped)")
+  with open(path, "rb") as f:
+    return flax.serialization.msgpack_restore(f.read())
+
+
+def _final_checkpoint_params(checkpoint_dir: str, num_steps: int):
+  """The parameters of a training run's checkpoint at its last step, or None if it has none."""
+  if not os.path.isdir(checkpoint_dir):
+    return None
+  manager = ocp.CheckpointManager(os.path.abspath(checkpoint_dir), item_handlers=ocp.StandardCheckpointHandler())
+  try:
+    if num_steps not in manager.all_steps():
+      return None
+    return manager.restore(num_steps, args=ocp.args.StandardRestore())["state"]["params"]
+  finally:
+    manager.close()
+
+
+def _backfill_params(stage_dir: str, checkpoint_dir: str, num_steps: int) -> None:
+  """Saves a finished stage's parameters from its final checkpoint when a workdir from before
+  parameters were kept lacks them (nothing is trained)."""
+  if os.path.exists(params_path(stage_dir)) or io_lib.read_done(stage_dir) is None:
+    return
+  params = _final_checkpoint_params(checkpoint_dir, num_steps)
+  if params is not None:
+    save_params(stage_dir, params)
 
 
 def aggregator_config(pcfg, method: str) -> aggregation.AggregatorConfig:
@@ -192,9 +258,14 @@ def _train_single(ctx: _Context, section: str, name: str, split, init_params=Non
 
 def public_stage(ctx: _Context, public: data_lib.Splits):
   """The public model: trained from scratch on the public labeled corpus."""
-  params = _train_single(ctx, "public_train", "public", public.train, dev=public.dev)
-  out = io_lib.run_stage(ctx.path("public"), lambda: {"test_wer": _test_wers(ctx, _stack(params))[0],
-                                                      "train_utterances": len(public.train)})
+  stage = ctx.path("public")
+  if os.path.exists(params_path(stage)):
+    params = load_params(stage)
+  else:  # Trains, or resumes (a finished run's checkpoint returns at once).
+    params = _train_single(ctx, "public_train", "public", public.train, dev=public.dev)
+    save_params(stage, params)
+  out = io_lib.run_stage(stage, lambda: {"test_wer": _test_wers(ctx, _stack(params))[0],
+                                         "train_utterances": len(public.train)})
   print(f"public model (public labeled corpus, {len(public.train)} utterances): in-domain test WER "
         f"{100 * out['test_wer']:.2f}%")
   return params, out
@@ -204,8 +275,10 @@ def nonprivate_stage(ctx: _Context, roles, public_params) -> dict:
   """The public model fine-tuned on all sensitive data (no privacy)."""
   def run():
     params = _train_single(ctx, "train", "nonprivate", roles.sensitive, init_params=public_params)
+    save_params(ctx.path("nonprivate"), params)
     return {"test_wer": _test_wers(ctx, _stack(params))[0]}
   out = io_lib.run_stage(ctx.path("nonprivate"), run)
+  _backfill_params(ctx.path("nonprivate"), ctx.path("nonprivate", "checkpoints"), ctx.config.train.num_steps)
   print(f"[{ctx.scenario}] non-private (public model + all sensitive data): test WER {100 * out['test_wer']:.2f}%")
   return out
 
@@ -384,10 +457,14 @@ def student_stage(ctx: _Context, points: list[dict], all_labels: dict, queries, 
                                      **common)
     if second.preempted:
       raise Preempted("students_self_trained")
+    save_params(ctx.path("students"), second.params)
     return {"test_wer": wers, "test_wer_self_trained": _test_wers(ctx, second.params),
             "index": {f"{m}|{','.join(map(str, u))}": k for (m, u), k in distinct.items()}}
 
-  return io_lib.run_stage(ctx.path("students"), run)
+  out = io_lib.run_stage(ctx.path("students"), run)
+  _backfill_params(ctx.path("students"), ctx.path("students_self_trained", "checkpoints"),
+                   ctx.config.students.self_training_steps)
+  return out
 
 
 def _concat(a: pipeline.SpeechSplit, b: pipeline.SpeechSplit) -> pipeline.SpeechSplit:
@@ -407,10 +484,13 @@ def dpsgd_stage(ctx: _Context, roles, public_params, unit: str) -> dict:
                                 progress=ctx.progress, unit=unit, init_params=public_params)
     if r.preempted:
       raise Preempted(name)
+    save_params(ctx.path(name), r.params)
     return {"test_wer": _test_wers(ctx, r.params), "noise_multipliers": r.noise_multipliers,
             "epsilons": r.epsilons, "sampling_probability": r.sampling_probability, "steps": r.steps}
 
-  return io_lib.run_stage(ctx.path(name), run)
+  out = io_lib.run_stage(ctx.path(name), run)
+  _backfill_params(ctx.path(name), ctx.path(name, "checkpoints"), ctx.config.dpsgd.num_steps)
+  return out
 
 
 # -- the scenario and the run ------------------------------------------------------------
