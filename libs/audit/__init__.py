@@ -1,7 +1,11 @@
-"""Privacy attacks and audits. So far: the empirical DP-SGD audit (`dpsgd`) and its statistics
-(`stats`: Clopper-Pearson bounds, epsilon lower bounds from a membership test's error rates), and
-model inversion (`inversion`: reconstruct an input from a model's output under a total-variation
-prior; mel-cepstral distortion and speaker-identification metrics of the reconstruction).
+"""Privacy attacks and audits:
+  * `dpsgd`: the empirical DP-SGD audit, and `stats` (Clopper-Pearson bounds, epsilon lower
+    bounds from a membership test's error rates);
+  * `membership`: loss-threshold and LiRA membership inference, ROC metrics, the TPR bounds DP implies;
+  * `canaries`: canary exposure (Carlini et al. 2019) and white-box extraction from classifiers
+    (Parikh et al. 2022);
+  * `inversion`: reconstruct an input from a model's output under a total-variation prior;
+    mel-cepstral distortion and speaker-identification metrics of the reconstruction.
 
 Example:
   >>> from libs.audit import dpsgd as dpsgd_audit, stats

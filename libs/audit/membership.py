@@ -12,6 +12,10 @@
   (epsilon, delta(epsilon))-DP for every epsilon at once, which is much tighter than any one
   pair (for the Gaussian mechanism it is its exact trade-off curve, Dong et al. 2022).
 
+`sequence_logit_confidence` is the logit-scaled confidence of sequence models (from the log-
+probability of the whole output); `balanced_membership` draws the protocol's split (every example
+in half of the models).
+
 Scores are "higher means member" everywhere.
 
 Example:
@@ -39,6 +43,32 @@ def logit_confidence(log_probs, labels) -> np.ndarray:
   # log(1 - p_y) = log(sum of the other classes' probabilities): no cancellation near p_y = 1.
   others = np.where(np.arange(log_probs.shape[-1]) == labels[..., None], -np.inf, log_probs)
   return log_py - np.logaddexp.reduce(others, axis=-1)
+
+
+def sequence_logit_confidence(log_probs) -> np.ndarray:
+  """log(p / (1 - p)) from log p of a whole output (e.g. a transcript's log-probability under an
+  ASR model, minus its loss), stably: log(1 - p) = log(-expm1(log p)).
+
+  log p = 0 (p = 1, or a loss that rounded to 0 or below) is taken as log p = -tiny, which gives
+  the largest finite confidence (about 708) instead of inf.
+
+  Example:
+    >>> sequence_logit_confidence(-nll)   # [models, utterances] from the per-utterance NLL
+  """
+  log_p = np.minimum(np.asarray(log_probs, np.float64), -np.finfo(np.float64).tiny)
+  return log_p - np.log(-np.expm1(log_p))
+
+
+def balanced_membership(num_models: int, num_examples: int, rng: np.random.Generator) -> np.ndarray:
+  """bool [models, examples]: every example in exactly half of the models (Carlini et al. 2022).
+
+  With any one model left out as the target, each example still has shadow models trained with
+  it and without it; a model holds about half of the examples.
+  """
+  if num_models < 2 or num_models % 2:
+    raise ValueError(f"num_models must be even and >= 2, got {num_models}")
+  order = np.argsort(rng.random((num_models, num_examples)), axis=0)  # A random permutation per example.
+  return order < num_models // 2
 
 
 def loss_scores(losses) -> np.ndarray:

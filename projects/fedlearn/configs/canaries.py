@@ -7,7 +7,10 @@ default: the experiment reported in the README.
   python -m projects.fedlearn.main --config=projects/fedlearn/configs/canaries.py:default \
       --workdir=workdirs/fl_canaries
   "my pin code is _ _ _ _" (digit words, 10^4 secrets) labelled call_contact, inserted 0 (control),
-  1, 10 and 100 times; 4 secrets per repetition count (16 models per vmapped ensemble).
+  1, 10 and 100 times; 4 secrets per repetition count (16 models per vmapped ensemble); 500
+  generated devices (~7,900 requests). Central: 400 steps of ~64 (Adam; DP-SGD at epsilon 10 and 1,
+  example-level). Federated: 60 rounds of 25 devices, 8 local SGD steps of 8 (DP-FedAvg: Poisson
+  selection, device-level). Next-word: a 1-layer Transformer, 200 steps of ~48.
 
 tiny: the same pipeline in seconds, for the smoke test.
   python -m projects.fedlearn.main --config=projects/fedlearn/configs/canaries.py:tiny \
@@ -48,10 +51,10 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
   central.model = ml_collections.ConfigDict({"embed_dim": 32, "hidden_dim": 64})
 
   fed = k.federated = ml_collections.ConfigDict()
-  fed.rounds = 100
-  fed.clients_per_round = 50
+  fed.rounds = 60
+  fed.clients_per_round = 25
   fed.max_examples_per_client = 32
-  fed.client_learning_rate = 0.1
+  fed.client_learning_rate = 0.5
   fed.client_batch_size = 8
   fed.client_steps = 8
   fed.server_learning_rate = 1.0
@@ -59,7 +62,7 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
   fed.model = ml_collections.ConfigDict({"embed_dim": 32, "hidden_dim": 64})
 
   nw = k.next_word = ml_collections.ConfigDict()
-  nw.steps = 300
+  nw.steps = 200
   nw.sampling_probability = 0.006  # ~48 per step
   nw.physical_batch_size = 96
   nw.learning_rate = 3e-3
