@@ -32,6 +32,8 @@ import numpy as np
 from scipy import stats
 from sklearn import metrics as sk_metrics
 
+from libs import accounting
+
 DEFAULT_FPRS = (0.001, 0.01)
 
 
@@ -166,3 +168,35 @@ def profile_tpr_bound(fpr, epsilons, deltas) -> np.ndarray:
     raise ValueError(f"need as many deltas as epsilons (at least one), got {eps.size} and {dels.size}")
   bounds = [dp_tpr_bound(fpr, e, min(max(d, 0.0), 1 - 1e-16)) for e, d in zip(eps, dels)]
   return np.min(np.stack(bounds), axis=0)
+
+
+def pooled_attack_scores(losses, confidences, membership, targets: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+  """(member scores, non-member scores) of `loss` and `lira`, pooled over models 0..targets-1,
+  each attacked with all the others as shadow models.
+
+  Args:
+    losses: [models, examples] per-example losses (for the loss-threshold attack).
+    confidences: [models, examples] logit-scaled confidences (for LiRA).
+    membership: bool [models, examples].
+    targets: how many models to attack.
+  """
+  losses, membership = np.asarray(losses), np.asarray(membership, bool)
+  out = {}
+  for name in ("loss", "lira"):
+    ins, outs = [], []
+    for t in range(targets):
+      s = loss_scores(losses[t]) if name == "loss" else lira_scores(confidences, membership, t)
+      ins.append(s[membership[t]])
+      outs.append(s[~membership[t]])
+    out[name] = (np.concatenate(ins), np.concatenate(outs))
+  return out
+
+
+def dpsgd_privacy_profile(noise_multiplier: float, sampling_probability: float, steps: int, max_epsilon: float,
+                          points: int = 120) -> tuple[np.ndarray, np.ndarray]:
+  """(epsilons, deltas) of a DP-SGD run's privacy profile (PLD accountant) on [0, max_epsilon],
+  for `profile_tpr_bound`."""
+  acct = accounting.make_accountant("pld").compose(
+      accounting.poisson_gaussian_event(noise_multiplier, sampling_probability, steps))
+  grid = np.linspace(0.0, max_epsilon, points)
+  return grid, np.array([acct.get_delta(e) for e in grid])

@@ -13,6 +13,12 @@ time a builder is constructed before its data exists, to fetch metadata from GCS
 when GCS is disabled; `enable()` also skips that step when GCS access is off, so test
 runs and sweeps do not leave thousands of empty directories in /tmp.
 
+And TFDS serializes each example as a `tf.train.Example`, whose features are a protobuf map:
+without `deterministic=True` the map's byte order follows the process's hash seed, so the
+same corpus came out with different bytes in every process (decoded content identical).
+`enable()` makes the serialization deterministic (sorted keys), so a corpus is byte-for-byte
+reproducible.
+
 Example:
   >>> enable()   # called by the builders in libs/data at import
 """
@@ -52,9 +58,24 @@ def _skip_disabled_gcs_metadata() -> None:
   dataset_info.DatasetInfo.initialize_from_bucket = initialize_from_bucket
 
 
+def _deterministic_example_bytes() -> None:
+  from tensorflow_datasets.core import example_serializer  # pylint: disable=import-outside-toplevel
+  cls = example_serializer.ExampleSerializer
+  if getattr(cls.serialize_example, "_tsml_wrapped", False):
+    return
+
+  def serialize_example(self, example):
+    return self.get_tf_example(example).SerializeToString(deterministic=True)
+
+  serialize_example._tsml_wrapped = True
+  cls.serialize_example = serialize_example
+
+
 def enable() -> bool:
-  """Installs the local-file shim if TensorFlow is missing; returns whether it did."""
+  """Installs the local-file shim if TensorFlow is missing; returns whether it did. Always
+  makes example serialization deterministic and skips disabled GCS metadata lookups."""
   _skip_disabled_gcs_metadata()
+  _deterministic_example_bytes()
   if importlib.util.find_spec("tensorflow") is not None:
     return False
   from tensorflow_datasets.core import shuffle  # pylint: disable=import-outside-toplevel

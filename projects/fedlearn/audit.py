@@ -101,7 +101,8 @@ def fedavg_claimed_epsilon(setup: dpsgd_audit.CanarySetup) -> float:
 
 
 def _row(variant, claimed, trials, setup, cfg, seed, **extra) -> dict:
-  result = stats.audit_epsilon(trials.scores(cfg.observation, setup, True), trials.scores(cfg.observation, setup, False),
+  result = stats.audit_epsilon(trials.scores(cfg.observation, setup, True),
+                               trials.scores(cfg.observation, setup, False),
                                delta=setup.delta, alpha=cfg.alpha, rng=np.random.default_rng(seed))
   return {"variant": variant, "claimed_epsilon": claimed, "empirical_epsilon_lower": result.epsilon_lower,
           "violates_claim": bool(result.epsilon_lower > claimed), "delta": setup.delta, "accountant": "rdp",

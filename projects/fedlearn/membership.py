@@ -160,24 +160,9 @@ def train_ensemble(task: tasks.Task, x: np.ndarray, y: np.ndarray, member: np.nd
 
 def attack(log_probs: np.ndarray, y: np.ndarray, member: np.ndarray, targets: int) -> dict[str, tuple]:
   """Pooled (member scores, non-member scores) of each attack over the first `targets` models."""
-  conf = mia.logit_confidence(log_probs, np.broadcast_to(y, member.shape))
-  losses = -np.take_along_axis(log_probs, np.broadcast_to(y, member.shape)[..., None], -1)[..., 0]
-  out = {}
-  for name in ATTACKS:
-    ins, outs = [], []
-    for t in range(targets):
-      s = mia.loss_scores(losses[t]) if name == "loss" else mia.lira_scores(conf, member, t)
-      ins.append(s[member[t]])
-      outs.append(s[~member[t]])
-    out[name] = (np.concatenate(ins), np.concatenate(outs))
-  return out
-
-
-def privacy_profile(sigma: float, q: float, steps: int, epsilon: float) -> tuple[np.ndarray, np.ndarray]:
-  """(epsilons, deltas) of the DP-SGD run's privacy profile from the PLD accountant."""
-  acct = accounting.make_accountant("pld").compose(accounting.poisson_gaussian_event(sigma, q, steps))
-  grid = np.linspace(0.0, 2 * epsilon + 2, 120)
-  return grid, np.array([acct.get_delta(e) for e in grid])
+  labels = np.broadcast_to(y, member.shape)
+  losses = -np.take_along_axis(log_probs, labels[..., None], -1)[..., 0]
+  return mia.pooled_attack_scores(losses, mia.logit_confidence(log_probs, labels), member, targets)
 
 
 def plot(curves: list[tuple[str, np.ndarray, np.ndarray]], bounds: list[tuple[str, np.ndarray, np.ndarray]],
@@ -267,14 +252,15 @@ def run(config, workdir: str) -> dict:
     # Each model's accuracy on the distinct utterances it did not train on (the other half).
     test_accuracy = float(correct[~member].mean())
     spent = None if sigma is None else accounting.dpsgd_epsilon(sigma, q, cfg.steps, cfg.delta)
-    profile = None if sigma is None else privacy_profile(sigma, q, cfg.steps, spent)
+    profile = None if sigma is None else mia.dpsgd_privacy_profile(sigma, q, cfg.steps, 2 * spent + 2)
     for attack_name, (ins, outs) in attack(log_probs, y, member, cfg.attack_targets).items():
       m = mia.roc_metrics(ins, outs)
       bound = 1.0 if spent is None else float(mia.dp_tpr_bound(0.01, spent, cfg.delta))
       profile_bound = 1.0 if spent is None else float(mia.profile_tpr_bound(0.01, *profile))
       rows.append({"model": name, "epsilon": spent, "attack": attack_name, "auc": m["auc"],
                    "tpr_at_fpr_0.001": m["tpr_at_fpr_0.001"], "tpr_at_fpr_0.01": m["tpr_at_fpr_0.01"],
-                   "tpr_bound_at_fpr_0.01": bound, "tpr_profile_bound_at_fpr_0.01": profile_bound, "unit": "example", "delta": cfg.delta, "accountant": "rdp",
+                   "tpr_bound_at_fpr_0.01": bound, "tpr_profile_bound_at_fpr_0.01": profile_bound,
+                   "unit": "example", "delta": cfg.delta, "accountant": "rdp",
                    "noise_multiplier": sigma, "test_accuracy": test_accuracy,
                    "members_attacked": int(ins.size), "non_members_attacked": int(outs.size)})
       if attack_name == "lira":

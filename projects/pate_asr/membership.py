@@ -220,23 +220,7 @@ def utterance_nll(model, stacked_params, split: pipeline.SpeechSplit, batch_size
 def attack(nll: np.ndarray, label_lengths: np.ndarray, member: np.ndarray, targets: int) -> dict[str, tuple]:
   """Pooled (member scores, non-member scores) of each attack over the first `targets` models."""
   per_token = nll / np.maximum(label_lengths, 1)[None]
-  conf = mia.sequence_logit_confidence(-nll)
-  out = {}
-  for name in ATTACKS:
-    ins, outs = [], []
-    for t in range(targets):
-      s = mia.loss_scores(per_token[t]) if name == "loss" else mia.lira_scores(conf, member, t)
-      ins.append(s[member[t]])
-      outs.append(s[~member[t]])
-    out[name] = (np.concatenate(ins), np.concatenate(outs))
-  return out
-
-
-def privacy_profile(sigma: float, q: float, steps: int, epsilon: float) -> tuple[np.ndarray, np.ndarray]:
-  """(epsilons, deltas) of the DP-SGD run's privacy profile from the PLD accountant."""
-  acct = accounting.make_accountant("pld").compose(accounting.poisson_gaussian_event(sigma, q, steps))
-  grid = np.linspace(0.0, 2 * epsilon + 2, 120)
-  return grid, np.array([acct.get_delta(e) for e in grid])
+  return mia.pooled_attack_scores(per_token, mia.sequence_logit_confidence(-nll), member, targets)
 
 
 def plot(curves, bounds, path: str, resolution: float) -> str:
@@ -385,7 +369,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict | None:
     print(f"membership/{name}: {mcfg.num_models} models, {out['steps']} steps in {out['train_seconds']:.0f} s; "
           f"test WER {100 * np.mean(out['test_wer']):.2f}% (mean over the models)")
     spent = None if sigma is None else accounting.dpsgd_epsilon(sigma, q, mcfg.steps, mcfg.delta)
-    profile = None if sigma is None else privacy_profile(sigma, q, mcfg.steps, spent)
+    profile = None if sigma is None else mia.dpsgd_privacy_profile(sigma, q, mcfg.steps, 2 * spent + 2)
     for attack_name, (ins, outs) in attack(nll, split.label_lengths, member, mcfg.attack_targets).items():
       m = mia.roc_metrics(ins, outs)
       # The TPR's sampling error at its threshold (the threshold itself is fitted too: approximate).
