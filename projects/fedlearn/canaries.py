@@ -239,7 +239,8 @@ def plot(rows: list[dict], candidates: int, path: str) -> str:
     ax.set_xscale("log")
     ax.set_xlabel("canary repetitions (0 plotted at 0.5: never inserted)")
     ax.set_ylabel(label)
-    ax.legend(fontsize=7)
+    if subset:
+      ax.legend(fontsize=7)
   axes[0].axhline(0.1, color="black", ls="--", lw=0.8)
   axes[0].set_title("Intent model: white-box extraction (enumeration)", fontsize=9)
   axes[1].axhline(math.log2(candidates), color="grey", ls=":", lw=0.8)
