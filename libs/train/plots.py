@@ -36,6 +36,11 @@ def plot_training_curves(rows: Sequence[dict], path: str, *, title: str = "") ->
     a.grid(alpha=0.3)
   if title:
     fig.suptitle(title)
+  return save_figure(fig, path)
+
+
+def save_figure(fig, path: str) -> str:
+  """Lays out `fig`, writes it to `path` (creating its folder) at 120 dpi, closes it; returns `path`."""
   fig.tight_layout()
   os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
   fig.savefig(path, dpi=120)

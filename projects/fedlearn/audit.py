@@ -36,6 +36,7 @@ from libs.audit import dpsgd as dpsgd_audit
 from libs.audit import stats
 from libs.dp.randomness import DpRandomness
 from libs.train import io as io_lib
+from libs.train import plots
 from projects.fedlearn import algorithms
 from projects.fedlearn import privacy
 from projects.fedlearn import selection
@@ -133,11 +134,7 @@ def plot(rows: list[dict], path: str) -> str:
   ax.set_ylabel("epsilon")
   ax.set_title("Privacy audit: a lower bound above the claim means a broken implementation", fontsize=9)
   ax.legend(fontsize=8)
-  fig.tight_layout()
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
-  return path
+  return plots.save_figure(fig, path)
 
 
 def format_table(rows: list[dict]) -> str:

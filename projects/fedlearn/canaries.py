@@ -42,6 +42,7 @@ from libs.audit import canaries as canary_lib
 from libs.config.checks import require
 from libs.dp.randomness import DpRandomness
 from libs.train import io as io_lib
+from libs.train import plots
 from libs.train import rng as rng_lib
 from projects.fedlearn import algorithms
 from projects.fedlearn import data as fd
@@ -245,11 +246,7 @@ def plot(rows: list[dict], candidates: int, path: str) -> str:
   axes[0].set_title("Intent model: white-box extraction (enumeration)", fontsize=9)
   axes[1].axhline(math.log2(candidates), color="grey", ls=":", lw=0.8)
   axes[1].set_title("Next-word model: exposure of the canary", fontsize=9)
-  fig.tight_layout()
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
-  return path
+  return plots.save_figure(fig, path)
 
 
 def format_table(rows: list[dict]) -> str:

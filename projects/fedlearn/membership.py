@@ -33,6 +33,7 @@ from libs.dp import clipping
 from libs.dp import noise as noise_lib
 from libs.dp.randomness import DpRandomness
 from libs.train import io as io_lib
+from libs.train import plots
 from libs.train import rng as rng_lib
 from projects.fedlearn import data as fd
 from projects.fedlearn import tasks
@@ -183,11 +184,7 @@ def plot(curves: list[tuple[str, np.ndarray, np.ndarray]], bounds: list[tuple[st
   ax.set_ylabel("true positive rate")
   ax.set_title("Membership inference on the intent model", fontsize=10)
   ax.legend(fontsize=7, loc="lower right")
-  fig.tight_layout()
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
-  return path
+  return plots.save_figure(fig, path)
 
 
 def format_table(rows: list[dict]) -> str:

@@ -68,6 +68,7 @@ from libs.speech import evaluate as evaluate_lib
 from libs.train import checkpoint as ckpt_lib
 from libs.train import io as io_lib
 from libs.train import loop as loop_lib
+from libs.train import plots
 from libs.train import rng as rng_lib
 from libs.train.state import TrainState
 from projects.pate_asr import data as data_lib
@@ -239,11 +240,7 @@ def plot(curves, bounds, path: str, resolution: float) -> str:
          ylabel="true positive rate")
   ax.set_title("Membership inference (LiRA) on the ASR transducer", fontsize=10)
   ax.legend(fontsize=7, loc="lower right")
-  fig.tight_layout()
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
-  return path
+  return plots.save_figure(fig, path)
 
 
 def format_table(rows: list[dict], delta: float) -> str:
