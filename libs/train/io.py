@@ -17,6 +17,10 @@ import json
 import os
 from typing import Any, Callable
 
+import flax.serialization
+import jax
+import numpy as np
+
 DONE_FILE = "done.json"
 RESULTS_FILE = "results.json"
 
@@ -77,6 +81,31 @@ def read_json(path: str) -> Any | None:
       return json.load(f)
     except json.JSONDecodeError as e:
       raise ValueError(f"{path} is not valid JSON ({e}); delete it to recompute what it records") from None
+
+
+def save_pytree(path: str, tree: Any) -> str:
+  """Writes a pytree of arrays (trained parameters) to `path` as msgpack, atomically, on process 0.
+
+  Example:
+    >>> save_pytree("/tmp/w/teacher/params.msgpack", params)
+    >>> params = load_pytree("/tmp/w/teacher/params.msgpack")   # nested dicts of NumPy arrays
+  """
+  if is_primary():
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "wb") as f:
+      f.write(flax.serialization.msgpack_serialize(jax.tree.map(np.asarray, jax.device_get(tree))))
+    os.replace(tmp, path)
+  return path
+
+
+def load_pytree(path: str) -> Any:
+  """What `save_pytree` wrote (nested dicts of NumPy arrays); FileNotFoundError names the file."""
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path} does not exist: the stage that writes it has not finished (rerun the "
+                            "command on this workdir; finished stages are skipped)")
+  with open(path, "rb") as f:
+    return flax.serialization.msgpack_restore(f.read())
 
 
 def done_path(stage_dir: str) -> str:

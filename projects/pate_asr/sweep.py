@@ -55,7 +55,6 @@ import math
 import os
 import time
 
-import flax
 import jax
 import matplotlib
 import ml_collections
@@ -101,14 +100,7 @@ def params_path(stage_dir: str) -> str:
 
 def save_params(stage_dir: str, params) -> str:
   """Writes a stage's trained parameters to `stage_dir/params.msgpack` (atomically, process 0)."""
-  path = params_path(stage_dir)
-  if io_lib.is_primary():
-    os.makedirs(stage_dir, exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-      f.write(flax.serialization.msgpack_serialize(jax.tree.map(np.asarray, jax.device_get(params))))
-    os.replace(tmp, path)
-  return path
+  return io_lib.save_pytree(params_path(stage_dir), params)
 
 
 def load_params(stage_dir: str):
@@ -118,12 +110,7 @@ def load_params(stage_dir: str):
     FileNotFoundError: naming the file, when the stage has not saved them (not run, or not
       finished: rerun the sweep on the workdir).
   """
-  path = params_path(stage_dir)
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"{path} does not exist: the sweep stage has not finished (rerun the sweep on this "
-                            "workdir; finished stages are skipped)")
-  with open(path, "rb") as f:
-    return flax.serialization.msgpack_restore(f.read())
+  return io_lib.load_pytree(params_path(stage_dir))
 
 
 def _final_checkpoint_params(checkpoint_dir: str, num_steps: int):
