@@ -5,7 +5,7 @@ so that importing one model does not build the others):
               `MODEL_NAMES`, `init_fn`/`init_params` (jitted init, vmappable for ensembles)
   transducer  RNN-Transducer with batched greedy decoding
   ctc         CTC acoustic model and its greedy decoding
-  encoders    LSTM and Conformer acoustic encoders (`EncoderConfig`, `ENCODER_KINDS`)
+  encoders    LSTM, Conformer and ConvRNN-T acoustic encoders (`EncoderConfig`, `ENCODER_KINDS`)
   lstm        fused (bi)LSTM layer for padded batches
   lm          small causal Transformer language model
   pooling     pooling with finite gradients on every backend

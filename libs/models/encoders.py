@@ -1,4 +1,10 @@
-"""Acoustic encoders: convolutional 4x subsampling followed by LSTM or Conformer layers.
+"""Acoustic encoders: convolutional 4x subsampling followed by LSTM, Conformer or ConvRNN-T layers.
+
+`convrnnt` (Radfar et al. 2022) is streaming by construction: causal convolutional front ends,
+a local one (a short causal convolution) and a global one (dilated causal convolutions and a
+squeeze-and-excitation gate over the growing context, i.e. the mean of every frame so far),
+concatenated and projected, feed unidirectional LSTM layers. Its output at frame t depends on
+input frames up to t only (after the subsampling's bounded look-ahead of 3 input frames).
 
 All modules take padded batches with lengths and keep padded frames at zero, so that
 the same code serves batched training, per-example (vmapped) DP gradients and teacher
@@ -22,7 +28,7 @@ import numpy as np
 
 from libs.models import lstm
 
-ENCODER_KINDS = ("lstm", "conformer")
+ENCODER_KINDS = ("lstm", "conformer", "convrnnt")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,6 +42,9 @@ class EncoderConfig:
   conv_kernel: int = 15  # Conformer only.
   ff_multiplier: int = 4  # Conformer only.
   dropout: float = 0.1
+  local_kernel: int = 5  # ConvRNN-T only: the local causal convolution's width (frames).
+  global_kernel: int = 3  # ConvRNN-T only: each dilated causal convolution's width.
+  global_dilations: tuple[int, ...] = (1, 2, 4, 8)  # ConvRNN-T only: receptive field 1 + 2 * 15 frames.
 
 
 def _mask(x, lengths):
@@ -135,6 +144,42 @@ class ConformerBlock(nn.Module):
     return _mask(nn.LayerNorm(name="out_ln")(x), lengths)
 
 
+def _causal_windows(x, kernel: int, dilation: int = 1):
+  """[B, T, C] -> [B, T, kernel * C]: frames t - (kernel - 1) * dilation, ..., t (zeros before 0).
+
+  A causal convolution is then one Dense layer on these windows (as `_patches_3x3_stride2`:
+  batched matmuls under vmap, plain Dense layers for ghost clipping)."""
+  pad = (kernel - 1) * dilation
+  padded = jnp.pad(x, ((0, 0), (pad, 0), (0, 0)))
+  t = x.shape[1]
+  return jnp.concatenate([padded[:, i * dilation: i * dilation + t] for i in range(kernel)], axis=-1)
+
+
+class ConvRNNTFrontEnd(nn.Module):
+  """ConvRNN-T's convolutional front ends (causal): local and global, concatenated and projected."""
+  config: EncoderConfig
+
+  @nn.compact
+  def __call__(self, x, lengths, *, train: bool):
+    cfg = self.config
+    drop = lambda y: nn.Dropout(cfg.dropout, deterministic=not train)(y)
+    # Local: one short causal convolution with a gated (GLU) output, residual.
+    h = nn.Dense(2 * cfg.dim, name="local_conv")(_causal_windows(nn.LayerNorm(name="local_ln")(x), cfg.local_kernel))
+    local = _mask(x + drop(nn.glu(h, axis=-1)), lengths)
+    # Global: dilated causal convolutions (growing receptive field), each residual.
+    g = x
+    for i, d in enumerate(cfg.global_dilations):
+      h = nn.Dense(cfg.dim, name=f"global_conv_{i}")(_causal_windows(nn.LayerNorm(name=f"global_ln_{i}")(g),
+                                                                      cfg.global_kernel, d))
+      g = _mask(g + drop(nn.swish(h)), lengths)
+    # Squeeze-and-excitation over the growing context: the mean of frames 0..t gates frame t.
+    counts = jnp.arange(1, x.shape[1] + 1, dtype=x.dtype)[None, :, None]
+    context = jnp.cumsum(g, axis=1) / counts
+    gate = nn.sigmoid(nn.Dense(cfg.dim, name="se_out")(nn.relu(nn.Dense(max(1, cfg.dim // 4), name="se_in")(context))))
+    glob = _mask(g * gate, lengths)
+    return _mask(nn.Dense(cfg.dim, name="merge")(jnp.concatenate([local, glob], axis=-1)), lengths)
+
+
 class Encoder(nn.Module):
   config: EncoderConfig
 
@@ -147,6 +192,9 @@ class Encoder(nn.Module):
     x = nn.Dropout(cfg.dropout, deterministic=not train)(x)
     if cfg.kind == "lstm":
       x = LSTMLayers(cfg)(x, lengths, train=train)
+    elif cfg.kind == "convrnnt":
+      x = ConvRNNTFrontEnd(cfg)(x, lengths, train=train)
+      x = LSTMLayers(dataclasses.replace(cfg, bidirectional=False))(x, lengths, train=train)
     else:
       x = _mask(x + sinusoidal_positions(x.shape[1], cfg.dim)[None], lengths)
       for i in range(cfg.num_layers):

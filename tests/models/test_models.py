@@ -52,7 +52,7 @@ def test_lstm_step_matches_sequence():
     np.testing.assert_allclose(h, seq[:, t], atol=1e-6)
 
 
-@pytest.mark.parametrize("kind", ["lstm", "conformer"])
+@pytest.mark.parametrize("kind", ["lstm", "conformer", "convrnnt"])
 def test_encoder_padding_invariance(kind):
   """An utterance's encoding does not depend on what else is in the batch (DP needs this)."""
   cfg = encoders.EncoderConfig(kind=kind, subsampling_channels=4, dim=16, num_layers=2, num_heads=2,
@@ -71,6 +71,37 @@ def test_encoder_padding_invariance(kind):
   np.testing.assert_allclose(out[1, :n], alone[0], atol=1e-5)
   np.testing.assert_allclose(out2[1, :n], alone[0], atol=1e-5)
   assert np.all(np.asarray(out[1, n:]) == 0)
+
+
+@pytest.mark.parametrize("kind, bidirectional", [("convrnnt", True), ("lstm", False)])
+def test_streaming_encoders_do_not_look_at_future_frames(kind, bidirectional):
+  """Output frame t depends on input frames up to 4t + 3 only (the subsampling's look-ahead):
+  changing every later input frame leaves it unchanged. (`convrnnt` ignores `bidirectional`.)"""
+  cfg = encoders.EncoderConfig(kind=kind, subsampling_channels=4, dim=16, num_layers=2, bidirectional=bidirectional,
+                               dropout=0.0, global_dilations=(1, 2, 4))
+  enc = encoders.Encoder(cfg)
+  x = jax.random.normal(jax.random.key(0), (1, 64, 20))
+  lengths = jnp.array([64])
+  params = enc.init(jax.random.key(1), x, lengths)
+  apply = jax.jit(enc.apply)
+  out, _ = apply(params, x, lengths)
+  for cut in (8, 24, 40):
+    changed = x.at[:, cut:].set(jax.random.normal(jax.random.key(cut), (1, 64 - cut, 20)) * 3)
+    out2, _ = apply(params, changed, lengths)
+    safe = (cut - 4) // 4 + 1  # frames t with 4t + 3 < cut
+    np.testing.assert_allclose(out2[0, :safe], out[0, :safe], atol=1e-5)
+    assert not np.allclose(out2[0, safe + 1:], out[0, safe + 1:], atol=1e-3)  # the future does matter later
+
+
+def test_bidirectional_lstm_is_not_causal():
+  # The control for the test above: a BiLSTM's early frames do change with the future.
+  cfg = encoders.EncoderConfig(kind="lstm", subsampling_channels=4, dim=16, num_layers=1, dropout=0.0)
+  enc = encoders.Encoder(cfg)
+  x = jax.random.normal(jax.random.key(0), (1, 64, 20))
+  params = enc.init(jax.random.key(1), x, jnp.array([64]))
+  out, _ = enc.apply(params, x, jnp.array([64]))
+  out2, _ = enc.apply(params, x.at[:, 40:].set(0.0), jnp.array([64]))
+  assert not np.allclose(out2[0, :5], out[0, :5], atol=1e-4)
 
 
 def _tiny_transducer():
