@@ -3,7 +3,7 @@ so that importing one model does not build the others):
 
   asr         `build_model(config.model, vocab_size)` for the transducer/CTC families,
               `MODEL_NAMES`, `init_fn`/`init_params` (jitted init, vmappable for ensembles)
-  transducer  RNN-Transducer with batched greedy decoding
+  transducer  RNN-Transducer with batched greedy decoding (beam search: libs.speech.beam_search)
   ctc         CTC acoustic model and its greedy decoding
   encoders    LSTM, Conformer and ConvRNN-T acoustic encoders (`EncoderConfig`, `ENCODER_KINDS`)
   lstm        fused (bi)LSTM layer for padded batches

@@ -73,6 +73,22 @@ class Transducer(nn.Module):
   def joint(self, enc_proj, pred_proj):
     return self.out_proj(jnp.tanh(enc_proj + pred_proj))
 
+  def project_encoder(self, features, lengths):
+    """Encoder outputs through the joint's encoder projection, for search outside this module
+    (`libs.speech.beam_search`): ([B, T', joint_dim], encoder lengths [B])."""
+    enc, enc_lengths = self.encode(features, lengths, train=False)
+    return self.enc_proj(enc), enc_lengths
+
+  def predict_step(self, carry, tokens):
+    """One predictor step through the joint's prediction projection: tokens [N] -> (carry, [N, joint_dim])."""
+    carry, pred = self.predictor.step(carry, tokens)
+    return carry, self.pred_proj(pred)
+
+  def start_prediction(self, batch: int):
+    """The predictor after the start symbol (blank), `batch` times: (carry, [batch, joint_dim])."""
+    carry = self.predictor.initial_carry(batch)
+    return self.predict_step(carry, jnp.full((batch,), self.config.blank_id, jnp.int32))
+
   def __call__(self, features, feature_lengths, labels, label_lengths, *, train: bool = False):
     """Returns (joint logits [B, T', U+1, V], encoder lengths [B])."""
     del label_lengths  # The loss masks label padding.
