@@ -21,19 +21,6 @@ import pytest  # noqa: E402
 
 
 @pytest.fixture(scope="session")
-def shared_jax_cache(tmp_path_factory):
-  """A persistent XLA compilation cache shared by the entrypoint subprocesses of one test run (and
-  its xdist workers): the sweep, membership, inversion and main smoke tests compile many of the same
-  tiny-transducer programs, each in fresh processes."""
-  root = tmp_path_factory.getbasetemp()
-  if os.environ.get("PYTEST_XDIST_WORKER"):
-    root = root.parent
-  path = root / "shared_jax_cache"
-  path.mkdir(exist_ok=True)
-  return str(path)
-
-
-@pytest.fixture(scope="session")
 def tiny_corpus_dir(tmp_path_factory):
   """The `tiny` synthetic corpus, generated once per test run and shared by the xdist
   workers (the first to take the lock generates it; TFDS reuses it for the others)."""

@@ -32,8 +32,8 @@ def _command(workdir, *overrides):
 
 
 @pytest.fixture(scope="module")
-def jax_cache(shared_jax_cache):
-  return shared_jax_cache
+def jax_cache(tmp_path_factory):
+  return str(tmp_path_factory.mktemp("jax_cache"))
 
 
 @pytest.fixture(scope="module")

@@ -34,9 +34,9 @@ def _run(workdir, data_dir, cache):
                         capture_output=True, text=True, timeout=600)
 
 
-def test_pate_sweep_end_to_end_and_resume(tiny_corpus_dir, shared_jax_cache, tmp_path):
+def test_pate_sweep_end_to_end_and_resume(tiny_corpus_dir, tmp_path):
   from projects.pate_asr import privacy  # pylint: disable=import-outside-toplevel
-  workdir, cache = str(tmp_path / "pate"), shared_jax_cache
+  workdir, cache = str(tmp_path / "pate"), str(tmp_path / "cache")
   proc = _run(workdir, tiny_corpus_dir, cache)
   assert proc.returncode == 0, proc.stderr[-4000:]
   assert "PATE-GNMax" in proc.stdout and "DP-SGD (speaker)" in proc.stdout
