@@ -44,6 +44,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import time
@@ -117,6 +118,25 @@ def _optimizer(mcfg, noise_multiplier: float | None, expected_batch_size: float,
                          expected_batch_size=expected_batch_size, key=key, optimizer=adam)
 
 
+@functools.lru_cache(maxsize=8)
+def _accumulate_fn(model, l2_clip_norm: float | None):
+  """The jitted, vmapped gradient accumulation; cached, since it does not depend on the noise: the
+  DP settings of a run (one per target epsilon) share one compilation."""
+  def per_example(params, batch):
+    return evaluate_lib.per_example_nll(model, params, batch, None, train=False)
+
+  if l2_clip_norm is None:
+    def grad_sum(params, batch):
+      return jax.grad(lambda p: jnp.sum(jnp.where(batch["weights"] > 0, per_example(p, batch), 0.0)))(params)
+  else:
+    clipped = ghost.ghost_clipped_grad(per_example, l2_clip_norm=l2_clip_norm)
+
+    def grad_sum(params, batch):
+      return clipped(params, batch, example_weights=batch["weights"])
+
+  return jax.jit(jax.vmap(lambda acc, p, b: jax.tree.map(jnp.add, acc, grad_sum(p, b))), donate_argnums=(0,))
+
+
 def make_steps(model, mcfg, noise_multiplier: float | None, expected_batch_size: float):
   """`accumulate(grads, params, batch)` and `apply(state, grads)`, jitted and vmapped over models.
 
@@ -124,19 +144,7 @@ def make_steps(model, mcfg, noise_multiplier: float | None, expected_batch_size:
   `accumulate` adds each model's summed per-utterance gradients, each clipped to
   `l2_clip_norm` when `noise_multiplier` is given; `apply` adds the noise (DP-SGD) and steps Adam.
   """
-  def per_example(params, batch):
-    return evaluate_lib.per_example_nll(model, params, batch, None, train=False)
-
-  if noise_multiplier is None:
-    def grad_sum(params, batch):
-      return jax.grad(lambda p: jnp.sum(jnp.where(batch["weights"] > 0, per_example(p, batch), 0.0)))(params)
-  else:
-    clipped = ghost.ghost_clipped_grad(per_example, l2_clip_norm=mcfg.l2_clip_norm)
-
-    def grad_sum(params, batch):
-      return clipped(params, batch, example_weights=batch["weights"])
-
-  accumulate = jax.jit(jax.vmap(lambda acc, p, b: jax.tree.map(jnp.add, acc, grad_sum(p, b))), donate_argnums=(0,))
+  accumulate = _accumulate_fn(model, None if noise_multiplier is None else float(mcfg.l2_clip_norm))
   opt = _optimizer(mcfg, noise_multiplier, expected_batch_size, jax.random.key(0))  # Keys live in the state.
 
   def apply(state, grads):
@@ -202,10 +210,16 @@ def train_setting(config, workdir: str, model, split: pipeline.SpeechSplit, memb
   return out.state.params, out.step, out.train_seconds, out.preempted
 
 
+@functools.lru_cache(maxsize=8)
+def _nll_fn(model):
+  """Every model's per-utterance loss on one batch, jitted once per model (cached across settings)."""
+  return jax.jit(jax.vmap(lambda p, b: evaluate_lib.per_example_nll(model, p, b, None, train=False),
+                          in_axes=(0, None)))
+
+
 def utterance_nll(model, stacked_params, split: pipeline.SpeechSplit, batch_size: int) -> np.ndarray:
   """[models, utterances] RNN-T negative log-likelihood (nats) of every model on every utterance."""
-  nll_fn = jax.jit(jax.vmap(lambda p, b: evaluate_lib.per_example_nll(model, p, b, None, train=False),
-                            in_axes=(0, None)))
+  nll_fn = _nll_fn(model)
   num = jax.tree.leaves(stacked_params)[0].shape[0]
   out = np.full((num, len(split)), np.nan)
   buckets = pipeline.frame_buckets(split.feature_lengths, 3)
