@@ -25,11 +25,11 @@ run: $(STAMP)
 	$(PY) -m projects.pate_asr.main --config=$(CONFIG) --workdir=$(WORKDIR)
 
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2 --dist loadfile --durations=10
+	$(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=10
 
 # Everything but the end-to-end runs (marked `slow`): a quick check while editing.
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -n 2 --dist loadfile -m "not slow"
+	$(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder -m "not slow"
 
 bench: $(STAMP)
 	set -e; for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b; done

@@ -43,7 +43,8 @@ def tiny_builder(tiny_corpus_dir):
 
 
 # The slowest files (end-to-end runs, big compiles) go first: `make test` hands files to its
-# xdist workers in collection order, and a long file started last becomes the run's tail.
+# xdist workers in collection order (`--no-loadscope-reorder`: xdist would otherwise order them
+# by their number of tests), and a long file started last becomes the run's tail.
 _SLOW_FIRST = (  # by each file's total time in a `--durations` run (2026-12-03), longest first
     "tests/projects/pate_asr/test_membership.py",
     "tests/projects/pate_asr/test_sweep.py",

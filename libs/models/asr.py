@@ -23,6 +23,11 @@ from libs.models import transducer as transducer_lib
 MODEL_NAMES = ("transducer", "ctc")
 
 
+# Encoder fields that a `config.model` section may set (the dataclass defaults otherwise).
+_OPTIONAL_ENCODER_FIELDS = ("ff_multiplier", "local_kernel", "global_kernel", "global_dilations", "chunk",
+                            "compute_penalty", "arbitrator_dim")
+
+
 def encoder_config(model_cfg: ml_collections.ConfigDict) -> encoders.EncoderConfig:
   """The encoder part of a `config.model` section.
 
@@ -33,7 +38,9 @@ def encoder_config(model_cfg: ml_collections.ConfigDict) -> encoders.EncoderConf
   return encoders.EncoderConfig(
       kind=model_cfg.encoder, subsampling_channels=model_cfg.subsampling_channels, dim=model_cfg.dim,
       num_layers=model_cfg.num_layers, bidirectional=model_cfg.bidirectional,
-      num_heads=model_cfg.num_heads, conv_kernel=model_cfg.conv_kernel, dropout=model_cfg.dropout)
+      num_heads=model_cfg.num_heads, conv_kernel=model_cfg.conv_kernel, dropout=model_cfg.dropout,
+      **{field: tuple(v) if isinstance(v, list) else v for field in _OPTIONAL_ENCODER_FIELDS
+         if (v := model_cfg.get(field)) is not None})
 
 
 def build_model(model_cfg: ml_collections.ConfigDict, vocab_size: int):

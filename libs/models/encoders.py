@@ -1,10 +1,23 @@
-"""Acoustic encoders: convolutional 4x subsampling followed by LSTM, Conformer or ConvRNN-T layers.
+"""Acoustic encoders: convolutional 4x subsampling followed by LSTM, Conformer, ConvRNN-T or
+compute-cost amortized Transformer layers.
 
 `convrnnt` (Radfar et al. 2022) is streaming by construction: causal convolutional front ends,
 a local one (a short causal convolution) and a global one (dilated causal convolutions and a
 squeeze-and-excitation gate over the growing context, i.e. the mean of every frame so far),
 concatenated and projected, feed unidirectional LSTM layers. Its output at frame t depends on
 input frames up to t only (after the subsampling's bounded look-ahead of 3 input frames).
+
+`amortized` (Xie et al. 2022) is a streaming Transformer (chunk-causal self-attention: a frame
+sees its own chunk and every earlier one) whose layers each have a small arbitrator network:
+from the mean of a chunk's input it decides, per chunk, whether to run or skip the layer's
+self-attention and feed-forward sub-blocks (a skipped sub-block leaves the residual stream as
+it is). The decisions are hard (0/1) in training and inference alike; their gradient is the
+sigmoid's (straight-through). The encoder sows two collections into `intermediates`:
+`compute_penalty` (per utterance: `compute_penalty` times the expected share of the gated
+compute, summed over frames; `libs.speech.evaluate.per_example_loss` adds it to the NLL) and
+`gated_flops` (per utterance: [executed, dense] FLOPs of the gated sub-blocks, counted exactly
+from the decisions; see `flops_per_frame`). Under `jit` every sub-block is still computed for
+every frame and masked (one dense program): the saving is in FLOPs only, not in CPU time.
 
 All modules take padded batches with lengths and keep padded frames at zero, so that
 the same code serves batched training, per-example (vmapped) DP gradients and teacher
@@ -28,7 +41,7 @@ import numpy as np
 
 from libs.models import lstm
 
-ENCODER_KINDS = ("lstm", "conformer", "convrnnt")
+ENCODER_KINDS = ("lstm", "conformer", "convrnnt", "amortized")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +58,9 @@ class EncoderConfig:
   local_kernel: int = 5  # ConvRNN-T only: the local causal convolution's width (frames).
   global_kernel: int = 3  # ConvRNN-T only: each dilated causal convolution's width.
   global_dilations: tuple[int, ...] = (1, 2, 4, 8)  # ConvRNN-T only: receptive field 1 + 2 * 15 frames.
+  chunk: int = 4  # Amortized only: frames (after subsampling, 40 ms each) per attention/arbitration chunk.
+  compute_penalty: float = 0.05  # Amortized only: nats per frame for running every gated sub-block.
+  arbitrator_dim: int = 16  # Amortized only: the arbitrators' hidden width.
 
 
 def _mask(x, lengths):
@@ -180,6 +196,71 @@ class ConvRNNTFrontEnd(nn.Module):
     return _mask(nn.Dense(cfg.dim, name="merge")(jnp.concatenate([local, glob], axis=-1)), lengths)
 
 
+def chunk_causal_mask(valid, chunk: int):
+  """[B, 1, T, T] attention mask: query t sees key s when s is valid and s's chunk is not after t's."""
+  c = jnp.arange(valid.shape[1]) // chunk
+  return nn.combine_masks(nn.make_attention_mask(valid, valid), (c[None, :] <= c[:, None])[None, None])
+
+
+def _chunk_mean(x, valid, chunk: int):
+  """[B, T, D] -> [B, ceil(T/chunk), D]: the mean of each chunk's valid frames (0 for an empty chunk)."""
+  b, t, d = x.shape
+  n = -(-t // chunk)
+  pad = n * chunk - t
+  xs = jnp.pad(jnp.where(valid[..., None], x, 0.0), ((0, 0), (0, pad), (0, 0))).reshape(b, n, chunk, d)
+  counts = jnp.pad(valid, ((0, 0), (0, pad))).reshape(b, n, chunk).sum(-1)
+  return xs.sum(2) / jnp.maximum(counts, 1)[..., None]
+
+
+def flops_per_frame(cfg: EncoderConfig, context: jax.Array) -> dict[str, jax.Array]:
+  """FLOPs (2 per multiply-add) of one amortized layer's sub-blocks for one frame that attends to
+  `context` keys: the gated parts (attention's query and output projections with its scores and
+  weighted sum; the feed-forward block) and the ungated key/value projections."""
+  d, ff = cfg.dim, cfg.ff_multiplier * cfg.dim
+  return {"attention": 2 * 2 * d * d + 2 * 2 * context * d, "ffn": 2 * 2 * d * ff,
+          "key_value": jnp.full_like(context, 2 * 2 * d * d)}
+
+
+class AmortizedBlock(nn.Module):
+  """A pre-LN Transformer layer (chunk-causal self-attention, feed-forward) whose two sub-blocks
+  an arbitrator runs or skips per chunk (Xie et al. 2022)."""
+  config: EncoderConfig
+
+  @nn.compact
+  def __call__(self, x, lengths, *, train: bool):
+    cfg = self.config
+    drop = lambda y: nn.Dropout(cfg.dropout, deterministic=not train)(y)
+    t = x.shape[1]
+    valid = jnp.arange(t)[None] < lengths[:, None]
+    chunk_of = jnp.arange(t) // cfg.chunk
+    # The arbitrator: one decision per chunk and sub-block, from the chunk's mean input. Its
+    # output bias starts at +2 (every sub-block runs); the compute penalty learns to skip.
+    h = nn.relu(nn.Dense(cfg.arbitrator_dim, name="arbitrator_in")(
+        jax.lax.stop_gradient(_chunk_mean(x, valid, cfg.chunk))))
+    logits = nn.Dense(2, name="arbitrator_out", bias_init=nn.initializers.constant(2.0))(h)
+    prob = nn.sigmoid(logits)  # [B, chunks, 2]: (attention, ffn)
+    hard = (logits > 0).astype(x.dtype)
+    gate = (hard + prob - jax.lax.stop_gradient(prob))[:, chunk_of]  # [B, T, 2]; value = hard.
+    att = nn.MultiHeadDotProductAttention(cfg.num_heads, deterministic=not train, dropout_rate=cfg.dropout,
+                                          name="attention")(nn.LayerNorm(name="attention_ln")(x),
+                                                            mask=chunk_causal_mask(valid, cfg.chunk))
+    x = _mask(x + gate[..., 0:1] * drop(att), lengths)
+    f = nn.Dense(cfg.dim * cfg.ff_multiplier, name="ffn_in")(nn.LayerNorm(name="ffn_ln")(x))
+    x = _mask(x + gate[..., 1:2] * drop(nn.Dense(cfg.dim, name="ffn_out")(nn.swish(f))), lengths)
+    # Accounting, per utterance, over valid frames: what ran, what dense would run, the penalty.
+    context = jnp.minimum((chunk_of + 1) * cfg.chunk, lengths[:, None]).astype(jnp.float32)  # keys seen
+    cost = flops_per_frame(cfg, context)
+    frame_hard, frame_prob, v = hard[:, chunk_of], prob[:, chunk_of], valid.astype(jnp.float32)
+    executed = jnp.sum(v * (frame_hard[..., 0] * cost["attention"] + frame_hard[..., 1] * cost["ffn"]), axis=1)
+    dense = jnp.sum(v * (cost["attention"] + cost["ffn"]), axis=1)
+    expected = jnp.sum(v * (frame_prob[..., 0] * cost["attention"] + frame_prob[..., 1] * cost["ffn"])
+                       / (cost["attention"] + cost["ffn"]), axis=1)  # frames' worth of full-layer compute
+    self.sow("intermediates", "gated_flops", jnp.stack([executed, dense], axis=-1))
+    self.sow("intermediates", "executed_subblocks", jnp.sum(v[..., None] * frame_hard, axis=1))  # [B, 2] frames
+    self.sow("intermediates", "compute_penalty", cfg.compute_penalty * expected / cfg.num_layers)
+    return x
+
+
 class Encoder(nn.Module):
   config: EncoderConfig
 
@@ -195,6 +276,11 @@ class Encoder(nn.Module):
     elif cfg.kind == "convrnnt":
       x = ConvRNNTFrontEnd(cfg)(x, lengths, train=train)
       x = LSTMLayers(dataclasses.replace(cfg, bidirectional=False))(x, lengths, train=train)
+    elif cfg.kind == "amortized":
+      x = _mask(x + sinusoidal_positions(x.shape[1], cfg.dim)[None], lengths)
+      for i in range(cfg.num_layers):
+        x = AmortizedBlock(cfg, name=f"amortized_{i}")(x, lengths, train=train)
+      x = _mask(nn.LayerNorm(name="out_ln")(x), lengths)
     else:
       x = _mask(x + sinusoidal_positions(x.shape[1], cfg.dim)[None], lengths)
       for i in range(cfg.num_layers):

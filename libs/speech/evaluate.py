@@ -32,15 +32,9 @@ from libs.speech.tokenizer import Tokenizer
 from libs.train import mesh as mesh_lib
 
 
-def per_example_nll(model, params, batch: dict, key: jax.Array | None, *, train: bool,
-                    spec_augment: features_lib.SpecAugmentConfig | None = None) -> jax.Array:
-  """Negative log-likelihood of each utterance of the batch, [B], in nats.
-
-  `key` (or None: no dropout, no augmentation) draws the SpecAugment masks and the dropout.
-
-  Example:
-    >>> nll = per_example_nll(model, params, batch, None, train=False)   # [B]
-  """
+def _forward(model, params, batch: dict, key: jax.Array | None, *, train: bool,
+             spec_augment: features_lib.SpecAugmentConfig | None):
+  """([B] NLL in nats, the model's sown `intermediates`): one forward pass."""
   feats = batch["features"]
   rngs = {}
   if key is not None:
@@ -50,26 +44,74 @@ def per_example_nll(model, params, batch: dict, key: jax.Array | None, *, train:
       feats = features_lib.spec_augment(aug_key, feats, batch["feature_lengths"], spec_augment)
   variables = {"params": params}
   if isinstance(model, transducer_lib.Transducer):
-    logits, enc_lens = model.apply(variables, feats, batch["feature_lengths"], batch["labels"],
-                                   batch["label_lengths"], train=train, rngs=rngs)
-    return losses.rnnt_loss(logits, enc_lens, batch["labels"], batch["label_lengths"])
-  logits, enc_lens = model.apply(variables, feats, batch["feature_lengths"], train=train, rngs=rngs)
-  return losses.ctc_loss(logits, enc_lens, batch["labels"], batch["label_lengths"])
+    (logits, enc_lens), state = model.apply(variables, feats, batch["feature_lengths"], batch["labels"],
+                                            batch["label_lengths"], train=train, rngs=rngs,
+                                            mutable=["intermediates"])
+    return losses.rnnt_loss(logits, enc_lens, batch["labels"], batch["label_lengths"]), state
+  (logits, enc_lens), state = model.apply(variables, feats, batch["feature_lengths"], train=train, rngs=rngs,
+                                          mutable=["intermediates"])
+  return losses.ctc_loss(logits, enc_lens, batch["labels"], batch["label_lengths"]), state
+
+
+def sown(state, name: str) -> list[jax.Array]:
+  """Every value that a module sowed under `name` in a forward pass's `intermediates` (in
+  tree order), e.g. one [B] compute penalty per amortized encoder layer."""
+  found = []
+
+  def visit(tree):
+    for k, v in tree.items():
+      if k == name:
+        found.extend(v)
+      elif isinstance(v, dict) or hasattr(v, "items"):
+        visit(v)
+
+  visit(state.get("intermediates", {}))
+  return found
+
+
+def per_example_nll(model, params, batch: dict, key: jax.Array | None, *, train: bool,
+                    spec_augment: features_lib.SpecAugmentConfig | None = None) -> jax.Array:
+  """Negative log-likelihood of each utterance of the batch, [B], in nats.
+
+  `key` (or None: no dropout, no augmentation) draws the SpecAugment masks and the dropout.
+
+  Example:
+    >>> nll = per_example_nll(model, params, batch, None, train=False)   # [B]
+  """
+  return _forward(model, params, batch, key, train=train, spec_augment=spec_augment)[0]
+
+
+def per_example_loss(model, params, batch: dict, key: jax.Array | None, *, train: bool,
+                     spec_augment: features_lib.SpecAugmentConfig | None = None) -> jax.Array:
+  """The training objective of each utterance, [B]: its NLL plus any auxiliary penalty that
+  the model sows per utterance (`compute_penalty`: the amortized encoder's expected compute;
+  zero for every other model). Each term is a function of its own utterance only, so DP-SGD
+  can clip it per example.
+
+  Example:
+    >>> loss = per_example_loss(model, params, batch, key, train=True)   # [B]
+  """
+  nll, state = _forward(model, params, batch, key, train=train, spec_augment=spec_augment)
+  return nll + sum(sown(state, "compute_penalty"), jnp.zeros_like(nll))
 
 
 def make_loss_fn(model, spec_augment: features_lib.SpecAugmentConfig | None):
-  """Mean NLL over the real (weight 1) utterances of a batch.
+  """Mean training objective (`per_example_loss`) over the real (weight 1) utterances of a batch.
 
   Example:
     >>> loss, aux = make_loss_fn(model, None)(params, batch, key)   # aux: {"nll_per_token": ...}
   """
 
   def loss_fn(params, batch, key):
-    nll = per_example_nll(model, params, batch, key, train=True, spec_augment=spec_augment)
+    nll, state = _forward(model, params, batch, key, train=True, spec_augment=spec_augment)
+    penalties = sown(state, "compute_penalty")
+    penalty = sum(penalties, jnp.zeros_like(nll))
     weights = batch["weights"]
-    loss = jnp.sum(nll * weights) / jnp.maximum(jnp.sum(weights), 1.0)
-    return loss, {"nll_per_token": jnp.sum(nll * weights) / jnp.maximum(
-        jnp.sum(batch["label_lengths"] * weights), 1.0)}
+    denominator = jnp.maximum(jnp.sum(weights), 1.0)
+    aux = {"nll_per_token": jnp.sum(nll * weights) / jnp.maximum(jnp.sum(batch["label_lengths"] * weights), 1.0)}
+    if penalties:  # Models that sow one (the amortized encoder) log it.
+      aux["compute_penalty"] = jnp.sum(penalty * weights) / denominator
+    return jnp.sum((nll + penalty) * weights) / denominator, aux
 
   return loss_fn
 

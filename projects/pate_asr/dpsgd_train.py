@@ -253,14 +253,14 @@ def _build_jitted_steps(config, model, expected_batch_size, unit):
   spec = evaluate_lib.spec_augment_config(config.train)
 
   def clipped_sum(params, batch, key):
-    per_example = lambda p, b: evaluate_lib.per_example_nll(model, p, b, key, train=True, spec_augment=spec)
+    per_example = lambda p, b: evaluate_lib.per_example_loss(model, p, b, key, train=True, spec_augment=spec)
     fn = ghost.ghost_clipped_grad(per_example, l2_clip_norm=dcfg.l2_clip_norm)
     return fn(params, batch, example_weights=batch["weights"])
 
   def speaker_clipped_sum(params, batch, key):
     def per_example(p, b):  # One utterance (leading axis 1): its own SpecAugment and dropout key.
-      return evaluate_lib.per_example_nll(model, p, b, jax.random.fold_in(key, b["row"][0]), train=True,
-                                          spec_augment=spec)
+      return evaluate_lib.per_example_loss(model, p, b, jax.random.fold_in(key, b["row"][0]), train=True,
+                                           spec_augment=spec)
     return grouped.clipped_group_sum(per_example, params, batch, batch["group"], dcfg.physical_batch_size,
                                      dcfg.l2_clip_norm, batch["weights"])
 

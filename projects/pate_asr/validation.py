@@ -38,8 +38,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
     positive_int(config, f"model.{field}")
   if m.encoder == "lstm" and m.bidirectional:
     require(m.dim % 2 == 0, "model.dim", "must be even for a bidirectional LSTM", m.dim)
-  if m.encoder == "conformer":
+  if m.encoder in ("conformer", "amortized"):
     require(m.dim % m.num_heads == 0, "model.dim", f"must be divisible by model.num_heads={m.num_heads}", m.dim)
+  if m.encoder == "amortized":
+    require(isinstance(m.get("chunk", 4), int) and m.get("chunk", 4) >= 1, "model.chunk", "must be an integer >= 1",
+            m.get("chunk"))
+    require(m.get("compute_penalty", 0.0) >= 0, "model.compute_penalty", "must be >= 0 (nats per frame)",
+            m.get("compute_penalty"))
   require(0.0 <= m.dropout < 1.0, "model.dropout", "must be in [0, 1)", m.dropout)
   units = m.get("units", "chars")
   require(units in ("chars", "words"), "model.units", "must be 'chars' or 'words'", units)

@@ -209,10 +209,14 @@ def test_ghost_rejects_uncovered_layers():
     fn(params, x)
 
 
-def test_ghost_clipping_covers_the_transducer_and_equals_vmap():
-  """Conv subsampling, bidirectional and unidirectional LSTMs, Embed, LayerNorm, joint Dense."""
+@pytest.mark.parametrize("encoder", ["lstm", "amortized"])
+def test_ghost_clipping_covers_the_transducer_and_equals_vmap(encoder):
+  """Conv subsampling, bidirectional and unidirectional LSTMs, Embed, LayerNorm, joint Dense; and
+  the amortized Transformer (attention, arbitrators' straight-through gates, compute penalty)."""
   from projects.pate_asr.configs import nonprivate  # pylint: disable=import-outside-toplevel
-  model = asr_lib.build_model(nonprivate.get_config("tiny").model, 29)
+  model_cfg = nonprivate.get_config("tiny").model
+  model_cfg.encoder = encoder
+  model = asr_lib.build_model(model_cfg, 29)
   params = asr_lib.init_params(model, jax.random.key(0))
   rng = np.random.default_rng(0)
   batch = {"features": jnp.asarray(rng.standard_normal((4, 40, 80)), jnp.float32),
@@ -220,7 +224,7 @@ def test_ghost_clipping_covers_the_transducer_and_equals_vmap():
            "labels": jnp.asarray(rng.integers(1, 29, (4, 6)), jnp.int32),
            "label_lengths": jnp.array([6, 3, 0, 2], jnp.int32)}
   weights = jnp.array([1.0, 1.0, 0.0, 1.0])
-  per_example = lambda p, b: evaluate.per_example_nll(model, p, b, None, train=False)
+  per_example = lambda p, b: evaluate.per_example_loss(model, p, b, None, train=False)
   vm, vm_norms = jax.jit(clipping.clipped_grad(lambda p, b: jnp.sum(per_example(p, b)), l2_clip_norm=20.0,
                                                return_norms=True))(params, batch, example_weights=weights)
   gh, gh_norms = jax.jit(ghost.ghost_clipped_grad(per_example, l2_clip_norm=20.0, return_norms=True))(

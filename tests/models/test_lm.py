@@ -16,7 +16,7 @@ def _tokens():
 def test_hidden_states_are_causal_and_feed_the_head():
   lm = TransformerLM(CFG)
   t = _tokens()
-  params = lm.init(jax.random.key(0), t)["params"]
+  params = jax.jit(lm.init)(jax.random.key(0), t)["params"]
   hidden = lm.apply({"params": params}, t, return_hidden=True)
   logits = lm.apply({"params": params}, t)
   head = params["head"]
@@ -28,9 +28,9 @@ def test_hidden_states_are_causal_and_feed_the_head():
 
 def test_classifier_takes_a_pretrained_lm_and_its_own_embeddings():
   t = _tokens()
-  lm_params = TransformerLM(CFG).init(jax.random.key(0), t)["params"]
+  lm_params = jax.jit(TransformerLM(CFG).init)(jax.random.key(0), t)["params"]
   clf = LMClassifier(CFG, num_classes=4)
-  fresh = clf.init(jax.random.key(1), t)["params"]
+  fresh = jax.jit(clf.init)(jax.random.key(1), t)["params"]
   params = {"lm": {k: v for k, v in lm_params.items() if k != "head"}, "classifier": fresh["classifier"]}
   assert jax.tree.structure(params) == jax.tree.structure(fresh)
   logits = clf.apply({"params": params}, t)

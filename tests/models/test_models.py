@@ -1,6 +1,8 @@
 """Models: the fused LSTM against flax's LSTM cell, padding invariance, greedy decoding
 against step-by-step Python references."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -52,7 +54,7 @@ def test_lstm_step_matches_sequence():
     np.testing.assert_allclose(h, seq[:, t], atol=1e-6)
 
 
-@pytest.mark.parametrize("kind", ["lstm", "conformer", "convrnnt"])
+@pytest.mark.parametrize("kind", ["lstm", "conformer", "convrnnt", "amortized"])
 def test_encoder_padding_invariance(kind):
   """An utterance's encoding does not depend on what else is in the batch (DP needs this)."""
   cfg = encoders.EncoderConfig(kind=kind, subsampling_channels=4, dim=16, num_layers=2, num_heads=2,
@@ -60,7 +62,7 @@ def test_encoder_padding_invariance(kind):
   enc = encoders.Encoder(cfg)
   x = jax.random.normal(jax.random.key(0), (2, 40, 80))
   lengths = jnp.array([40, 23])
-  params = enc.init(jax.random.key(1), x, lengths)
+  params = jax.jit(enc.init)(jax.random.key(1), x, lengths)
   apply = jax.jit(enc.apply)
   out, out_len = apply(params, x, lengths)
   garbage = x.at[1, 23:].set(100.0)
@@ -82,7 +84,7 @@ def test_streaming_encoders_do_not_look_at_future_frames(kind, bidirectional):
   enc = encoders.Encoder(cfg)
   x = jax.random.normal(jax.random.key(0), (1, 64, 20))
   lengths = jnp.array([64])
-  params = enc.init(jax.random.key(1), x, lengths)
+  params = jax.jit(enc.init)(jax.random.key(1), x, lengths)
   apply = jax.jit(enc.apply)
   out, _ = apply(params, x, lengths)
   for cut in (8, 24, 40):
@@ -93,12 +95,120 @@ def test_streaming_encoders_do_not_look_at_future_frames(kind, bidirectional):
     assert not np.allclose(out2[0, safe + 1:], out[0, safe + 1:], atol=1e-3)  # the future does matter later
 
 
+def _amortized(num_layers=2, chunk=2, compute_penalty=0.05):
+  cfg = encoders.EncoderConfig(kind="amortized", subsampling_channels=4, dim=16, num_layers=num_layers, num_heads=2,
+                               dropout=0.0, chunk=chunk, compute_penalty=compute_penalty)
+  return encoders.Encoder(cfg)
+
+
+def _undecided(params):
+  """The arbitrators' output bias at 0 (it starts at +2: everything runs) and large centred
+  random weights, so that the decisions differ between chunks."""
+  def edit(path, leaf):
+    names = [getattr(k, "key", None) for k in path]
+    if "arbitrator_out" in names:
+      if names[-1] == "bias":
+        return jnp.zeros_like(leaf)
+      return 4.0 * jax.random.normal(jax.random.key(leaf.size), leaf.shape)
+    if "arbitrator_in" in names and names[-1] == "bias":  # centred hidden units: signs vary by chunk
+      return jnp.zeros_like(leaf)
+    return leaf
+  return jax.tree_util.tree_map_with_path(edit, params)
+
+
+def test_amortized_encoder_is_chunk_causal():
+  """Output frame t depends on input frames up to the end of its chunk only: with chunk c, on
+  input frames up to 4 * (c * (t // c + 1) - 1) + 3; every later change leaves it unchanged."""
+  chunk = 2
+  enc = _amortized(chunk=chunk)
+  x = jax.random.normal(jax.random.key(0), (1, 64, 20))
+  lengths = jnp.array([64])
+  params = _undecided(jax.jit(enc.init)(jax.random.key(1), x, lengths))
+  apply = jax.jit(enc.apply)
+  out, _ = apply(params, x, lengths)
+  for cut in (8, 24, 40):
+    changed = x.at[:, cut:].set(jax.random.normal(jax.random.key(cut), (1, 64 - cut, 20)) * 3)
+    out2, _ = apply(params, changed, lengths)
+    safe = sum(4 * (chunk * (t // chunk + 1) - 1) + 3 < cut for t in range(out.shape[1]))
+    np.testing.assert_allclose(out2[0, :safe], out[0, :safe], atol=1e-5)
+    assert not np.allclose(out2[0, safe:], out[0, safe:], atol=1e-3)  # its own chunk's future matters
+
+
+def _zeroed(params, layer):
+  return jax.tree_util.tree_map_with_path(
+      lambda path, leaf: jnp.zeros_like(leaf) if layer in [getattr(k, "key", None) for k in path] else leaf, params)
+
+
+def test_amortized_compute_accounting_counts_the_sub_blocks_that_ran():
+  """The sown counts and FLOPs against a brute-force count: in a one-layer encoder, zeroing a
+  sub-block's output layer changes exactly the frames where that sub-block ran."""
+  from libs.speech import evaluate  # pylint: disable=import-outside-toplevel
+  enc = _amortized(num_layers=1, chunk=2)
+  x = jax.random.normal(jax.random.key(2), (3, 64, 20))
+  lengths = jnp.array([64, 41, 17])
+  params = _undecided(jax.jit(enc.init)(jax.random.key(3), x, lengths))
+  apply = jax.jit(lambda p: enc.apply(p, x, lengths, mutable=["intermediates"]))
+  (out, out_len), state = apply(params)
+  valid = np.arange(out.shape[1])[None] < np.asarray(out_len)[:, None]
+  ran = {}
+  for name, layer in (("attention", "out"), ("ffn", "ffn_out")):
+    (without, _), _ = apply(_zeroed(params, layer))
+    ran[name] = valid & np.any(np.abs(np.asarray(out) - np.asarray(without)) > 1e-6, axis=-1)
+  assert 0 < ran["attention"].sum() < valid.sum() and 0 < ran["ffn"].sum() < valid.sum()  # decisions differ
+  executed = np.asarray(evaluate.sown(state, "executed_subblocks")[0])
+  np.testing.assert_array_equal(executed, np.stack([ran["attention"].sum(1), ran["ffn"].sum(1)], axis=1))
+  # FLOPs in float64: a frame in chunk k attends to min(2 (k + 1), length) keys.
+  d = 16
+  t = np.arange(out.shape[1])
+  context = np.minimum(2 * (t // 2 + 1), np.asarray(out_len)[:, None]).astype(np.float64)
+  att, ffn = 4 * d * d + 4 * context * d, 4 * d * 4 * d
+  want_executed = (ran["attention"] * att).sum(1) + (ran["ffn"] * ffn).sum(1)
+  want_dense = (valid * (att + ffn)).sum(1)
+  flops = np.asarray(evaluate.sown(state, "gated_flops")[0], np.float64)
+  np.testing.assert_allclose(flops[:, 0], want_executed, rtol=1e-6)
+  np.testing.assert_allclose(flops[:, 1], want_dense, rtol=1e-6)
+
+
+def test_amortized_penalty_is_the_expected_compute_and_trains_the_arbitrators():
+  """per_example_loss = NLL + compute_penalty x (expected share of the gated compute, summed over
+  frames); its gradient reaches the arbitrators through the hard decisions (straight-through)."""
+  from libs.speech import evaluate  # pylint: disable=import-outside-toplevel
+  cfg = transducer.TransducerConfig(vocab_size=6, encoder=_amortized(num_layers=2, chunk=2).config, embed_dim=4,
+                                    predictor_dim=8, joint_dim=8)
+  model = transducer.Transducer(cfg)
+  batch = {"features": jax.random.normal(jax.random.key(0), (2, 32, 20)), "feature_lengths": jnp.array([32, 19]),
+           "labels": jnp.array([[1, 2, 3], [4, 5, 0]]), "label_lengths": jnp.array([3, 2])}
+  params = jax.jit(model.init)(jax.random.key(1), batch["features"], batch["feature_lengths"], batch["labels"],
+                               batch["label_lengths"])["params"]
+  # Arbitrators that ignore their input: P(run attention) = sigmoid(1), P(run ffn) = sigmoid(-0.5)
+  # in every chunk; the penalty is then a float64 sum over frames of the cost-weighted mean.
+  biases = np.array([1.0, -0.5])
+  params = jax.tree_util.tree_map_with_path(
+      lambda path, leaf: (jnp.asarray(biases, leaf.dtype) if path[-1].key == "bias" else jnp.zeros_like(leaf))
+      if "arbitrator_out" in [getattr(k, "key", None) for k in path] else leaf, params)
+  loss_and_nll = jax.jit(lambda m, p: (evaluate.per_example_loss(m, p, batch, None, train=False),
+                                        evaluate.per_example_nll(m, p, batch, None, train=False)), static_argnums=0)
+  loss, nll = loss_and_nll(model, params)
+  p_att, p_ffn = 1 / (1 + np.exp(-biases))
+  d, penalty = 16, []
+  for n in np.asarray(encoders.subsampled_lengths(batch["feature_lengths"])):
+    t = np.arange(n)
+    att, ffn = 4 * d * d + 4 * np.minimum(2 * (t // 2 + 1), n) * d, 16 * d * d
+    penalty.append(0.05 * np.sum((p_att * att + p_ffn * ffn) / (att + ffn)))  # two layers, each 1/2
+  np.testing.assert_allclose(np.asarray(loss - nll, np.float64), penalty, rtol=1e-5)
+  zero = transducer.Transducer(dataclasses.replace(cfg, encoder=_amortized(compute_penalty=0.0).config))
+  np.testing.assert_allclose(loss_and_nll(zero, params)[0], nll, rtol=1e-6)
+  grads = jax.jit(jax.grad(lambda p: jnp.sum(evaluate.per_example_loss(model, p, batch, None, train=False))))(params)
+  arbitrator = grads["encoder"]["amortized_0"]["arbitrator_out"]["bias"]
+  assert np.all(np.isfinite(arbitrator)) and np.any(np.asarray(arbitrator) != 0)
+
+
 def test_bidirectional_lstm_is_not_causal():
   # The control for the test above: a BiLSTM's early frames do change with the future.
   cfg = encoders.EncoderConfig(kind="lstm", subsampling_channels=4, dim=16, num_layers=1, dropout=0.0)
   enc = encoders.Encoder(cfg)
   x = jax.random.normal(jax.random.key(0), (1, 64, 20))
-  params = enc.init(jax.random.key(1), x, jnp.array([64]))
+  params = jax.jit(enc.init)(jax.random.key(1), x, jnp.array([64]))
   out, _ = enc.apply(params, x, jnp.array([64]))
   out2, _ = enc.apply(params, x.at[:, 40:].set(0.0), jnp.array([64]))
   assert not np.allclose(out2[0, :5], out[0, :5], atol=1e-4)

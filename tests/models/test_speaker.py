@@ -21,7 +21,7 @@ def _features(rng, b=4, t=12, f=6):
 
 def _init(cfg=_SMALL, feats=None, lengths=None):
   enc = speaker.SpeakerEncoder(cfg)
-  params = enc.init(jax.random.key(0), feats, lengths, train=False)["params"]
+  params = jax.jit(enc.init, static_argnames="train")(jax.random.key(0), feats, lengths, train=False)["params"]
   return enc, params
 
 
@@ -29,7 +29,7 @@ def test_encoder_output_shape_and_no_batch_stats():
   feats = _features(np.random.default_rng(0))
   lengths = jnp.array([12, 7, 3, 1])
   enc = speaker.SpeakerEncoder(_SMALL)
-  variables = enc.init(jax.random.key(0), feats, lengths, train=False)
+  variables = jax.jit(enc.init, static_argnames="train")(jax.random.key(0), feats, lengths, train=False)
   assert set(variables) == {"params"}
   out = enc.apply(variables, feats, lengths, train=False)
   assert out.shape == (4, 8) and out.dtype == jnp.float32
@@ -257,8 +257,8 @@ def test_tiny_training_separates_speakers():
   cfg = speaker.SpeakerConfig(channels=24, embed_dim=16, layers=((3, 1), (3, 2), (1, 1)))
   feats, lengths, labels = _synthetic_speakers(rng, 6, 4)
   enc = speaker.SpeakerEncoder(cfg)
-  params = {"encoder": enc.init(jax.random.key(0), feats, lengths, train=False)["params"],
-            "loss": speaker.init_loss_params()}
+  init = jax.jit(enc.init, static_argnames="train")
+  params = {"encoder": init(jax.random.key(0), feats, lengths, train=False)["params"], "loss": speaker.init_loss_params()}
   opt = optax.adam(3e-3)
   opt_state = opt.init(params)
 

@@ -50,7 +50,7 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
 
   config.model = ml_collections.ConfigDict()
   config.model.name = "transducer"  # transducer | ctc
-  config.model.encoder = "lstm"  # lstm | conformer
+  config.model.encoder = "lstm"  # lstm | conformer | convrnnt | amortized (libs/models/encoders.py)
   config.model.subsampling_channels = 16
   config.model.dim = 192
   config.model.num_layers = 2
@@ -58,6 +58,8 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
   config.model.num_heads = 4
   config.model.conv_kernel = 15
   config.model.dropout = 0.1
+  config.model.chunk = 4  # amortized: frames (40 ms each) per attention and arbitration chunk.
+  config.model.compute_penalty = 0.05  # amortized: nats per frame for running every gated sub-block.
   config.model.embed_dim = 64
   config.model.predictor_dim = 128
   config.model.joint_dim = 128
