@@ -25,7 +25,7 @@ MODEL_NAMES = ("transducer", "ctc")
 
 # Encoder fields that a `config.model` section may set (the dataclass defaults otherwise).
 _OPTIONAL_ENCODER_FIELDS = ("ff_multiplier", "local_kernel", "global_kernel", "global_dilations", "chunk",
-                            "compute_penalty", "arbitrator_dim")
+                            "compute_penalty", "arbitrator_dim", "amortized_kernel")
 
 
 def encoder_config(model_cfg: ml_collections.ConfigDict) -> encoders.EncoderConfig:

@@ -7,16 +7,18 @@ squeeze-and-excitation gate over the growing context, i.e. the mean of every fra
 concatenated and projected, feed unidirectional LSTM layers. Its output at frame t depends on
 input frames up to t only (after the subsampling's bounded look-ahead of 3 input frames).
 
-`amortized` (Xie et al. 2022) is a streaming Transformer (chunk-causal self-attention: a frame
-sees its own chunk and every earlier one) whose layers each have a small arbitrator network:
-from the mean of a chunk's input it decides, per chunk, whether to run or skip the layer's
-self-attention and feed-forward sub-blocks (a skipped sub-block leaves the residual stream as
-it is). The decisions are hard (0/1) in training and inference alike; their gradient is the
-sigmoid's (straight-through). The encoder sows two collections into `intermediates`:
+`amortized` (Xie et al. 2022) is a streaming Conformer-like Transformer (chunk-causal
+self-attention: a frame sees its own chunk and every earlier one; a causal convolution module;
+a feed-forward block) whose layers each have a small arbitrator network: from the mean of a
+chunk's input it decides, per chunk, whether to run or skip each of the layer's three
+sub-blocks (a skipped sub-block leaves the residual stream as it is). The decisions are hard
+(0/1) in training and inference alike; their gradient is the sigmoid's (straight-through).
+The encoder sows three collections into `intermediates`:
 `compute_penalty` (per utterance: `compute_penalty` times the expected share of the gated
 compute, summed over frames; `libs.speech.evaluate.per_example_loss` adds it to the NLL) and
 `gated_flops` (per utterance: [executed, dense] FLOPs of the gated sub-blocks, counted exactly
-from the decisions; see `flops_per_frame`). Under `jit` every sub-block is still computed for
+from the decisions; see `flops_per_frame`) and `executed_subblocks` (per utterance and
+sub-block, the frames where it ran). Under `jit` every sub-block is still computed for
 every frame and masked (one dense program): the saving is in FLOPs only, not in CPU time.
 
 All modules take padded batches with lengths and keep padded frames at zero, so that
@@ -59,8 +61,9 @@ class EncoderConfig:
   global_kernel: int = 3  # ConvRNN-T only: each dilated causal convolution's width.
   global_dilations: tuple[int, ...] = (1, 2, 4, 8)  # ConvRNN-T only: receptive field 1 + 2 * 15 frames.
   chunk: int = 4  # Amortized only: frames (after subsampling, 40 ms each) per attention/arbitration chunk.
-  compute_penalty: float = 0.05  # Amortized only: nats per frame for running every gated sub-block.
+  compute_penalty: float = 0.01  # Amortized only: nats per frame for running every gated sub-block.
   arbitrator_dim: int = 16  # Amortized only: the arbitrators' hidden width.
+  amortized_kernel: int = 3  # Amortized only: the causal convolution module's width (frames).
 
 
 def _mask(x, lengths):
@@ -212,18 +215,23 @@ def _chunk_mean(x, valid, chunk: int):
   return xs.sum(2) / jnp.maximum(counts, 1)[..., None]
 
 
+SUBBLOCKS = ("attention", "conv", "ffn")  # The amortized layer's gated sub-blocks, in order.
+
+
 def flops_per_frame(cfg: EncoderConfig, context: jax.Array) -> dict[str, jax.Array]:
   """FLOPs (2 per multiply-add) of one amortized layer's sub-blocks for one frame that attends to
   `context` keys: the gated parts (attention's query and output projections with its scores and
-  weighted sum; the feed-forward block) and the ungated key/value projections."""
-  d, ff = cfg.dim, cfg.ff_multiplier * cfg.dim
-  return {"attention": 2 * 2 * d * d + 2 * 2 * context * d, "ffn": 2 * 2 * d * ff,
+  weighted sum; the convolution module's windowed and output projections; the feed-forward
+  block) and the ungated key/value projections."""
+  d, ff, k = cfg.dim, cfg.ff_multiplier * cfg.dim, cfg.amortized_kernel
+  return {"attention": 2 * 2 * d * d + 2 * 2 * context * d,
+          "conv": jnp.full_like(context, 2 * (k * d * 2 * d + d * d)), "ffn": jnp.full_like(context, 2 * 2 * d * ff),
           "key_value": jnp.full_like(context, 2 * 2 * d * d)}
 
 
 class AmortizedBlock(nn.Module):
-  """A pre-LN Transformer layer (chunk-causal self-attention, feed-forward) whose two sub-blocks
-  an arbitrator runs or skips per chunk (Xie et al. 2022)."""
+  """A pre-LN layer (chunk-causal self-attention, causal convolution module, feed-forward) whose
+  three sub-blocks an arbitrator runs or skips per chunk (Xie et al. 2022)."""
   config: EncoderConfig
 
   @nn.compact
@@ -237,26 +245,33 @@ class AmortizedBlock(nn.Module):
     # output bias starts at +2 (every sub-block runs); the compute penalty learns to skip.
     h = nn.relu(nn.Dense(cfg.arbitrator_dim, name="arbitrator_in")(
         jax.lax.stop_gradient(_chunk_mean(x, valid, cfg.chunk))))
-    logits = nn.Dense(2, name="arbitrator_out", bias_init=nn.initializers.constant(2.0))(h)
-    prob = nn.sigmoid(logits)  # [B, chunks, 2]: (attention, ffn)
+    logits = nn.Dense(len(SUBBLOCKS), name="arbitrator_out", bias_init=nn.initializers.constant(2.0))(h)
+    prob = nn.sigmoid(logits)  # [B, chunks, 3]: SUBBLOCKS
     hard = (logits > 0).astype(x.dtype)
-    gate = (hard + prob - jax.lax.stop_gradient(prob))[:, chunk_of]  # [B, T, 2]; value = hard.
+    gate = (hard + prob - jax.lax.stop_gradient(prob))[:, chunk_of]  # [B, T, 3]; value = hard.
     att = nn.MultiHeadDotProductAttention(cfg.num_heads, deterministic=not train, dropout_rate=cfg.dropout,
                                           name="attention")(nn.LayerNorm(name="attention_ln")(x),
                                                             mask=chunk_causal_mask(valid, cfg.chunk))
     x = _mask(x + gate[..., 0:1] * drop(att), lengths)
+    # Convolution module: a causal convolution (Dense over causal windows, as in ConvRNN-T) with
+    # a gated linear unit, then swish and a projection.
+    c = nn.Dense(2 * cfg.dim, name="conv_in")(_causal_windows(nn.LayerNorm(name="conv_ln")(x),
+                                                             cfg.amortized_kernel))
+    c = nn.Dense(cfg.dim, name="conv_out")(nn.swish(nn.glu(c, axis=-1)))
+    x = _mask(x + gate[..., 1:2] * drop(c), lengths)
     f = nn.Dense(cfg.dim * cfg.ff_multiplier, name="ffn_in")(nn.LayerNorm(name="ffn_ln")(x))
-    x = _mask(x + gate[..., 1:2] * drop(nn.Dense(cfg.dim, name="ffn_out")(nn.swish(f))), lengths)
+    x = _mask(x + gate[..., 2:3] * drop(nn.Dense(cfg.dim, name="ffn_out")(nn.swish(f))), lengths)
     # Accounting, per utterance, over valid frames: what ran, what dense would run, the penalty.
     context = jnp.minimum((chunk_of + 1) * cfg.chunk, lengths[:, None]).astype(jnp.float32)  # keys seen
     cost = flops_per_frame(cfg, context)
     frame_hard, frame_prob, v = hard[:, chunk_of], prob[:, chunk_of], valid.astype(jnp.float32)
-    executed = jnp.sum(v * (frame_hard[..., 0] * cost["attention"] + frame_hard[..., 1] * cost["ffn"]), axis=1)
-    dense = jnp.sum(v * (cost["attention"] + cost["ffn"]), axis=1)
-    expected = jnp.sum(v * (frame_prob[..., 0] * cost["attention"] + frame_prob[..., 1] * cost["ffn"])
-                       / (cost["attention"] + cost["ffn"]), axis=1)  # frames' worth of full-layer compute
+    costs = jnp.stack([jnp.broadcast_to(cost[name], context.shape) for name in SUBBLOCKS], axis=-1)  # [B,T,3]
+    executed = jnp.sum(v * jnp.sum(frame_hard * costs, -1), axis=1)
+    dense = jnp.sum(v * jnp.sum(costs, -1), axis=1)
+    # Frames' worth of the layer's whole gated compute, in expectation over the decisions.
+    expected = jnp.sum(v * jnp.sum(frame_prob * costs, -1) / jnp.sum(costs, -1), axis=1)
     self.sow("intermediates", "gated_flops", jnp.stack([executed, dense], axis=-1))
-    self.sow("intermediates", "executed_subblocks", jnp.sum(v[..., None] * frame_hard, axis=1))  # [B, 2] frames
+    self.sow("intermediates", "executed_subblocks", jnp.sum(v[..., None] * frame_hard, axis=1))  # [B, 3] frames
     self.sow("intermediates", "compute_penalty", cfg.compute_penalty * expected / cfg.num_layers)
     return x
 

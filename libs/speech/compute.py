@@ -113,7 +113,7 @@ def gated_usage(model, params, split: pipeline.SpeechSplit, *, batch_size: int) 
     lengths = np.asarray(encoders.subsampled_lengths(np.asarray(batch["feature_lengths"])))[rows]
     for f, r in zip(flops, runs):
       f, r = np.asarray(f, np.float64)[rows], np.asarray(r, np.float64)[rows]
-      totals += [f[:, 0].sum(), f[:, 1].sum(), r.sum(), 2 * lengths.sum()]
+      totals += [f[:, 0].sum(), f[:, 1].sum(), r.sum(), r.shape[1] * lengths.sum()]
   return {"executed_flops": totals[0], "dense_flops": totals[1], "executed_share": totals[0] / max(totals[1], 1.0),
           "subblocks_run": totals[2], "subblocks_total": totals[3], "subblock_share": totals[2] / max(totals[3], 1.0)}
 

@@ -122,8 +122,8 @@ def _optimizer(mcfg, noise_multiplier: float | None, expected_batch_size: float,
 def _accumulate_fn(model, l2_clip_norm: float | None):
   """The jitted, vmapped gradient accumulation; cached, since it does not depend on the noise: the
   DP settings of a run (one per target epsilon) share one compilation."""
-  def per_example(params, batch):
-    return evaluate_lib.per_example_nll(model, params, batch, None, train=False)
+  def per_example(params, batch):  # The training objective (NLL, plus the amortized encoder's compute penalty).
+    return evaluate_lib.per_example_loss(model, params, batch, None, train=False)
 
   if l2_clip_norm is None:
     def grad_sum(params, batch):

@@ -134,14 +134,16 @@ def test_amortized_encoder_is_chunk_causal():
     assert not np.allclose(out2[0, safe:], out[0, safe:], atol=1e-3)  # its own chunk's future matters
 
 
-def _zeroed(params, layer):
+def _zeroed(params, *layers):
   return jax.tree_util.tree_map_with_path(
-      lambda path, leaf: jnp.zeros_like(leaf) if layer in [getattr(k, "key", None) for k in path] else leaf, params)
+      lambda path, leaf: jnp.zeros_like(leaf) if set(layers) & {getattr(k, "key", None) for k in path} else leaf,
+      params)
 
 
 def test_amortized_compute_accounting_counts_the_sub_blocks_that_ran():
   """The sown counts and FLOPs against a brute-force count: in a one-layer encoder, zeroing a
-  sub-block's output layer changes exactly the frames where that sub-block ran."""
+  sub-block's output layer changes exactly the frames where that sub-block ran. (The attention
+  and the convolution mix frames, so each is probed with the other one silenced in both runs.)"""
   from libs.speech import evaluate  # pylint: disable=import-outside-toplevel
   enc = _amortized(num_layers=1, chunk=2)
   x = jax.random.normal(jax.random.key(2), (3, 64, 20))
@@ -151,19 +153,22 @@ def test_amortized_compute_accounting_counts_the_sub_blocks_that_ran():
   (out, out_len), state = apply(params)
   valid = np.arange(out.shape[1])[None] < np.asarray(out_len)[:, None]
   ran = {}
-  for name, layer in (("attention", "out"), ("ffn", "ffn_out")):
-    (without, _), _ = apply(_zeroed(params, layer))
-    ran[name] = valid & np.any(np.abs(np.asarray(out) - np.asarray(without)) > 1e-6, axis=-1)
-  assert 0 < ran["attention"].sum() < valid.sum() and 0 < ran["ffn"].sum() < valid.sum()  # decisions differ
+  for name, layer, silenced in (("attention", "out", ("conv_out",)), ("conv", "conv_out", ("out",)),
+                                ("ffn", "ffn_out", ())):
+    (base, _), _ = apply(_zeroed(params, *silenced))
+    (without, _), _ = apply(_zeroed(params, layer, *silenced))
+    ran[name] = valid & np.any(np.abs(np.asarray(base) - np.asarray(without)) > 1e-6, axis=-1)
+    assert 0 < ran[name].sum() < valid.sum(), name  # the decisions differ between chunks
   executed = np.asarray(evaluate.sown(state, "executed_subblocks")[0])
-  np.testing.assert_array_equal(executed, np.stack([ran["attention"].sum(1), ran["ffn"].sum(1)], axis=1))
-  # FLOPs in float64: a frame in chunk k attends to min(2 (k + 1), length) keys.
+  np.testing.assert_array_equal(executed, np.stack([ran[n].sum(1) for n in encoders.SUBBLOCKS], axis=1))
+  # FLOPs in float64: a frame in chunk k attends to min(2 (k + 1), length) keys; the convolution
+  # module is a width-3 window projection to 2d (GLU) and a d x d projection.
   d = 16
   t = np.arange(out.shape[1])
   context = np.minimum(2 * (t // 2 + 1), np.asarray(out_len)[:, None]).astype(np.float64)
-  att, ffn = 4 * d * d + 4 * context * d, 4 * d * 4 * d
-  want_executed = (ran["attention"] * att).sum(1) + (ran["ffn"] * ffn).sum(1)
-  want_dense = (valid * (att + ffn)).sum(1)
+  cost = {"attention": 4 * d * d + 4 * context * d, "conv": 2 * (3 * d * 2 * d + d * d), "ffn": 4 * d * 4 * d}
+  want_executed = sum((ran[n] * cost[n]).sum(1) for n in encoders.SUBBLOCKS)
+  want_dense = sum((valid * cost[n]).sum(1) for n in encoders.SUBBLOCKS)
   flops = np.asarray(evaluate.sown(state, "gated_flops")[0], np.float64)
   np.testing.assert_allclose(flops[:, 0], want_executed, rtol=1e-6)
   np.testing.assert_allclose(flops[:, 1], want_dense, rtol=1e-6)
@@ -180,21 +185,22 @@ def test_amortized_penalty_is_the_expected_compute_and_trains_the_arbitrators():
            "labels": jnp.array([[1, 2, 3], [4, 5, 0]]), "label_lengths": jnp.array([3, 2])}
   params = jax.jit(model.init)(jax.random.key(1), batch["features"], batch["feature_lengths"], batch["labels"],
                                batch["label_lengths"])["params"]
-  # Arbitrators that ignore their input: P(run attention) = sigmoid(1), P(run ffn) = sigmoid(-0.5)
+  # Arbitrators that ignore their input: P(run attention, conv, ffn) = sigmoid(1, 0.3, -0.5)
   # in every chunk; the penalty is then a float64 sum over frames of the cost-weighted mean.
-  biases = np.array([1.0, -0.5])
+  biases = np.array([1.0, 0.3, -0.5])
   params = jax.tree_util.tree_map_with_path(
       lambda path, leaf: (jnp.asarray(biases, leaf.dtype) if path[-1].key == "bias" else jnp.zeros_like(leaf))
       if "arbitrator_out" in [getattr(k, "key", None) for k in path] else leaf, params)
   loss_and_nll = jax.jit(lambda m, p: (evaluate.per_example_loss(m, p, batch, None, train=False),
                                         evaluate.per_example_nll(m, p, batch, None, train=False)), static_argnums=0)
   loss, nll = loss_and_nll(model, params)
-  p_att, p_ffn = 1 / (1 + np.exp(-biases))
+  p_att, p_conv, p_ffn = 1 / (1 + np.exp(-biases))
   d, penalty = 16, []
   for n in np.asarray(encoders.subsampled_lengths(batch["feature_lengths"])):
     t = np.arange(n)
-    att, ffn = 4 * d * d + 4 * np.minimum(2 * (t // 2 + 1), n) * d, 16 * d * d
-    penalty.append(0.05 * np.sum((p_att * att + p_ffn * ffn) / (att + ffn)))  # two layers, each 1/2
+    att, conv, ffn = 4 * d * d + 4 * np.minimum(2 * (t // 2 + 1), n) * d, 2 * (3 * d * 2 * d + d * d), 16 * d * d
+    # Two layers, each charging half of the penalty per frame of full compute.
+    penalty.append(0.05 * np.sum((p_att * att + p_conv * conv + p_ffn * ffn) / (att + conv + ffn)))
   np.testing.assert_allclose(np.asarray(loss - nll, np.float64), penalty, rtol=1e-5)
   zero = transducer.Transducer(dataclasses.replace(cfg, encoder=_amortized(compute_penalty=0.0).config))
   np.testing.assert_allclose(loss_and_nll(zero, params)[0], nll, rtol=1e-6)
@@ -233,8 +239,8 @@ def test_transducer_shapes_and_greedy_decode_matches_python_reference():
   assert logits.shape == (3, 6, 5, 6) and list(enc_lens) == [6, 5, 3]
   tokens, counts = jax.jit(lambda v, f, l: model.apply(v, f, l, method=transducer.Transducer.greedy_decode))(
       variables, feats, lens)
-  enc, _ = model.apply(variables, feats, lens, method=transducer.Transducer.encode)
-  enc_proj = model.apply(variables, enc, method=lambda m, e: m.enc_proj(e))
+  enc_proj, _ = jax.jit(lambda v, f, l: model.apply(v, f, l, method=transducer.Transducer.project_encoder))(
+      variables, feats, lens)
   pred_step = jax.jit(lambda c, tok: model.apply(variables, c, jnp.array([tok]),
                                                  method=lambda m, c, t: m.predictor.step(c, t)))
   joint = jax.jit(lambda e, p: model.apply(

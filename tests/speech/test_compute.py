@@ -63,7 +63,7 @@ def test_gated_usage_sums_what_the_layers_sowed_per_utterance():
     state = encode(jnp.pad(jnp.asarray(feats), ((0, 64 - feats.shape[0]), (0, 0)))[None], jnp.array([feats.shape[0]]))
     for f, r in zip(evaluate.sown(state, "gated_flops"), evaluate.sown(state, "executed_subblocks")):
       executed, dense, run = executed + float(f[0, 0]), dense + float(f[0, 1]), run + float(r.sum())
-  frames = 2 * 2 * float(np.sum(encoders.subsampled_lengths(np.asarray(lengths))))  # 2 layers x 2 sub-blocks
+  frames = 2 * 3 * float(np.sum(encoders.subsampled_lengths(np.asarray(lengths))))  # 2 layers x 3 sub-blocks
   np.testing.assert_allclose([usage["executed_flops"], usage["dense_flops"], usage["subblocks_run"]],
                              [executed, dense, run], rtol=1e-6)
   assert usage["subblocks_total"] == frames and 0 < usage["subblock_share"] < 1 and 0 < usage["executed_share"] < 1

@@ -59,7 +59,7 @@ def defaults() -> ml_collections.ConfigDict:
   c.model.conv_kernel = 15
   c.model.dropout = 0.1
   c.model.chunk = 4  # encoder="amortized" only (see projects/pate_asr/configs/nonprivate.py).
-  c.model.compute_penalty = 0.05
+  c.model.compute_penalty = 0.01
   c.model.embed_dim = 32
   c.model.predictor_dim = 64
   c.model.joint_dim = 64
