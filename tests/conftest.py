@@ -21,6 +21,20 @@ import pytest  # noqa: E402
 
 
 @pytest.fixture(scope="session")
+def shared_jax_cache(tmp_path_factory):
+  """A persistent XLA compilation cache shared by the entrypoint subprocesses of one test run and
+  its xdist workers, storing every program (TSML_JAX_CACHE_MIN_SECONDS=0): the sweep, membership
+  and main smoke tests compile many of the same tiny-transducer programs, each in fresh processes.
+  Returns the environment entries to add."""
+  root = tmp_path_factory.getbasetemp()
+  if os.environ.get("PYTEST_XDIST_WORKER"):
+    root = root.parent
+  path = root / "shared_jax_cache"
+  path.mkdir(exist_ok=True)
+  return {"TSML_JAX_CACHE": str(path), "TSML_JAX_CACHE_MIN_SECONDS": "0"}
+
+
+@pytest.fixture(scope="session")
 def tiny_corpus_dir(tmp_path_factory):
   """The `tiny` synthetic corpus, generated once per test run and shared by the xdist
   workers (the first to take the lock generates it; TFDS reuses it for the others)."""

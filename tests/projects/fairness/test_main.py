@@ -30,8 +30,8 @@ def _command(workdir):
           "--config.progress=False"]
 
 
-def _env(data_dir, cache_dir):
-  env = dict(os.environ, TSML_DATA_DIR=data_dir, TSML_JAX_CACHE=cache_dir, PYTHONUNBUFFERED="1")
+def _env(data_dir, cache_env):
+  env = dict(os.environ, TSML_DATA_DIR=data_dir, PYTHONUNBUFFERED="1", **cache_env)
   env["XLA_FLAGS"] = "--xla_backend_optimization_level=0"
   return env
 
@@ -40,9 +40,9 @@ def _is_fraction_or_none(x):
   return x is None or (isinstance(x, float) and np.isfinite(x))
 
 
-def test_cohorts_entrypoint_writes_results_figures_and_checkpoints(tiny_corpus_dir, tmp_path):
+def test_cohorts_entrypoint_writes_results_figures_and_checkpoints(tiny_corpus_dir, tmp_path, shared_jax_cache):
   workdir = str(tmp_path / "cohorts")
-  env = _env(tiny_corpus_dir, str(tmp_path / "jax_cache"))
+  env = _env(tiny_corpus_dir, shared_jax_cache)
   proc = subprocess.run(_command(workdir), cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
   assert proc.returncode == 0, proc.stderr[-3000:]
   results = _results(workdir)

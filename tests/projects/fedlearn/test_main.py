@@ -30,7 +30,9 @@ atexit.register(shutil.rmtree, _ROOT, ignore_errors=True)
 
 
 def _env():
-  env = dict(os.environ, TSML_JAX_CACHE=os.path.join(_ROOT, "jax_cache"), PYTHONUNBUFFERED="1")
+  # One compilation cache for this file's entrypoint runs, every program stored (not only slow ones).
+  env = dict(os.environ, TSML_JAX_CACHE=os.path.join(_ROOT, "jax_cache"), TSML_JAX_CACHE_MIN_SECONDS="0",
+             PYTHONUNBUFFERED="1")
   env["XLA_FLAGS"] = "--xla_backend_optimization_level=0"  # one real CPU device, fast compiles
   return env
 

@@ -111,10 +111,10 @@ def test_validate_names_the_field():
 
 
 @pytest.mark.slow
-def test_smoke_entrypoint_on_a_tiny_sweep(tiny_corpus_dir, tmp_path):
+def test_smoke_entrypoint_on_a_tiny_sweep(tiny_corpus_dir, tmp_path, shared_jax_cache):
   sweep_dir, workdir = str(tmp_path / "sweep"), str(tmp_path / "inversion")
   fake_sweep(sweep_dir)
-  env = dict(os.environ, TSML_DATA_DIR=tiny_corpus_dir, TSML_JAX_CACHE="off", PYTHONUNBUFFERED="1",
+  env = dict(os.environ, TSML_DATA_DIR=tiny_corpus_dir, PYTHONUNBUFFERED="1", **shared_jax_cache,
              XLA_FLAGS="--xla_backend_optimization_level=0")
   proc = subprocess.run([sys.executable, "-m", "projects.pate_asr.main", f"--config={CONFIG}",
                          f"--workdir={workdir}", "--config.progress=False",

@@ -20,8 +20,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.a
 TINY = os.path.join(REPO, "projects", "pate_asr", "configs", "nonprivate.py") + ":tiny"
 
 
-def _env(data_dir, cache_dir):
-  env = dict(os.environ, TSML_DATA_DIR=data_dir, TSML_JAX_CACHE=cache_dir, PYTHONUNBUFFERED="1")
+def _env(data_dir, cache):
+  """`cache`: the shared compilation cache's environment entries, or "off"."""
+  env = dict(os.environ, TSML_DATA_DIR=data_dir, PYTHONUNBUFFERED="1")
+  env.update(cache if isinstance(cache, dict) else {"TSML_JAX_CACHE": cache})
   env["XLA_FLAGS"] = "--xla_backend_optimization_level=0"  # one real CPU device, fast compiles
   return env
 
@@ -32,8 +34,8 @@ def _command(workdir, *overrides):
 
 
 @pytest.fixture(scope="module")
-def jax_cache(tmp_path_factory):
-  return str(tmp_path_factory.mktemp("jax_cache"))
+def jax_cache(shared_jax_cache):
+  return shared_jax_cache
 
 
 @pytest.fixture(scope="module")

@@ -178,9 +178,9 @@ def test_validate_names_the_field(field, value):
 
 
 @pytest.mark.slow
-def test_entrypoint_tiny_end_to_end_and_rerun(tiny_corpus_dir, tmp_path):
+def test_entrypoint_tiny_end_to_end_and_rerun(tiny_corpus_dir, tmp_path, shared_jax_cache):
   workdir = str(tmp_path / "mia")
-  env = dict(os.environ, TSML_DATA_DIR=tiny_corpus_dir, TSML_JAX_CACHE=str(tmp_path / "cache"),
+  env = dict(os.environ, TSML_DATA_DIR=tiny_corpus_dir, **shared_jax_cache,
              XLA_FLAGS="--xla_backend_optimization_level=0", PYTHONUNBUFFERED="1")
   command = [sys.executable, "-m", "projects.pate_asr.main",
              "--config=projects/pate_asr/configs/membership.py:tiny", f"--workdir={workdir}",

@@ -22,8 +22,8 @@ RAW = ("votes", "smooth_sensitivity", "local_sensitivity", "epsilon_data_depende
        "noisy_epsilon", "agreement", "dev_wer")
 
 
-def _run(workdir, data_dir, cache):
-  env = dict(os.environ, TSML_DATA_DIR=data_dir, TSML_JAX_CACHE=cache, PYTHONUNBUFFERED="1")
+def _run(workdir, data_dir, cache_env):
+  env = dict(os.environ, TSML_DATA_DIR=data_dir, PYTHONUNBUFFERED="1", **cache_env)
   env["XLA_FLAGS"] = "--xla_backend_optimization_level=0"  # one real CPU device, fast compiles
   return subprocess.run([sys.executable, "-m", "projects.pate_asr.main", f"--config={CONFIG}",
                          f"--workdir={workdir}", "--config.progress=False",
@@ -34,10 +34,10 @@ def _run(workdir, data_dir, cache):
                         capture_output=True, text=True, timeout=600)
 
 
-def test_pate_sweep_end_to_end_and_resume(tiny_corpus_dir, tmp_path):
+def test_pate_sweep_end_to_end_and_resume(tiny_corpus_dir, tmp_path, shared_jax_cache):
   from projects.pate_asr import privacy  # pylint: disable=import-outside-toplevel
-  workdir, cache = str(tmp_path / "pate"), str(tmp_path / "cache")
-  proc = _run(workdir, tiny_corpus_dir, cache)
+  workdir = str(tmp_path / "pate")
+  proc = _run(workdir, tiny_corpus_dir, shared_jax_cache)
   assert proc.returncode == 0, proc.stderr[-4000:]
   assert "PATE-GNMax" in proc.stdout and "DP-SGD (speaker)" in proc.stdout
   text = open(os.path.join(workdir, "results.json")).read()
